@@ -1,0 +1,304 @@
+{{/*
+Named templates of the chart. Per-role helpers take `(list $ $role)`: the root context and one
+entry of the list that "ig.roles" returns.
+*/}}
+
+{{/* Chart name, possibly overridden. */}}
+{{- define "ig.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Prefix of every resource name: fullnameOverride, else the release name when it contains the
+chart name, else `<release>-<chart>`. */}}
+{{- define "ig.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* `helm.sh/chart` label value. */}}
+{{- define "ig.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select the release's pods (stable across upgrades). */}}
+{{- define "ig.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ig.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of every resource's metadata (never of a pod template: a chart upgrade must not
+restart pods by itself). */}}
+{{- define "ig.labels" -}}
+helm.sh/chart: {{ include "ig.chart" . }}
+{{ include "ig.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: inferenceguard
+{{- end }}
+
+{{/* Labels that select one role's pods. */}}
+{{- define "ig.roleSelectorLabels" -}}
+{{- $root := index . 0 }}{{ $role := index . 1 -}}
+{{ include "ig.selectorLabels" $root }}
+app.kubernetes.io/component: {{ $role.name }}
+{{- end }}
+
+{{/* Metadata labels of one role's resources. */}}
+{{- define "ig.roleLabels" -}}
+{{- $root := index . 0 }}{{ $role := index . 1 -}}
+{{ include "ig.labels" $root }}
+app.kubernetes.io/component: {{ $role.name }}
+inferenceguard.dev/kind: {{ $role.kind }}
+{{- with $role.scoreRole }}
+inferenceguard.dev/score-role: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Name of a role's Deployment (and of the orchestrator's Service). */}}
+{{- define "ig.roleFullname" -}}
+{{- $root := index . 0 }}{{ $role := index . 1 -}}
+{{- printf "%s-%s" (include "ig.fullname" $root) $role.name }}
+{{- end }}
+
+{{/* Name of a role's headless Service. */}}
+{{- define "ig.headlessName" -}}
+{{- printf "%s-headless" (include "ig.roleFullname" .) }}
+{{- end }}
+
+{{/* The registry address of a role: its headless Service, which resolves to one address per
+ready pod, so the orchestrator balances calls over the replicas itself. */}}
+{{- define "ig.endpoint" -}}
+{{- $root := index . 0 -}}
+{{- printf "dns:///%s.%s.svc.%s:%v" (include "ig.headlessName" .) $root.Release.Namespace $root.Values.clusterDomain $root.Values.ports.grpc }}
+{{- end }}
+
+{{- define "ig.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ig.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Deep merge of dict "dst" "src": src's keys win, maps merge key by key (false and 0 count,
+unlike sprig's merge). Mutates dst. */}}
+{{- define "ig.deepMerge" -}}
+{{- $dst := .dst }}
+{{- range $k, $v := .src }}
+{{- if and (kindIs "map" $v) (kindIs "map" (index $dst $k)) }}
+{{- include "ig.deepMerge" (dict "dst" (index $dst $k) "src" $v) }}
+{{- else }}
+{{- $_ := set $dst $k $v }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The enabled roles, `roles` then `extraRoles`, each with its `roleOverrides` entry merged in,
+checked: returns YAML `{roles: [...]}` for
+`fromYaml`. Fails on what the schema cannot see: an override naming no role, duplicate names, not exactly one policy, more
+than one orchestrator, two defaults for one score role, a PVC model without a claim, a name that
+would make a Service name longer than 63 characters.
+*/}}
+{{- define "ig.roles" -}}
+{{- $all := list }}
+{{- $overrides := deepCopy (.Values.roleOverrides | default dict) }}
+{{- range $r := concat (.Values.roles | default list) (.Values.extraRoles | default list) }}
+{{- $r = deepCopy $r }}
+{{- with $r.name }}
+{{- if hasKey $overrides . }}
+{{- include "ig.deepMerge" (dict "dst" $r "src" (index $overrides .)) }}
+{{- $_ := unset $overrides . }}
+{{- end }}
+{{- end }}
+{{- $all = append $all $r }}
+{{- end }}
+{{- with $overrides }}
+{{- fail (printf "roleOverrides: no role is named %s" (keys . | sortAlpha | join ", ")) }}
+{{- end }}
+{{- $fullname := include "ig.fullname" . }}
+{{- $names := dict }}
+{{- $kinds := dict "policy" 0 "scorer" 0 "critic" 0 "orchestrator" 0 }}
+{{- $defaults := dict }}
+{{- $out := list }}
+{{- range $i, $r := $all }}
+{{- $name := required (printf "roles[%d].name is required" $i) $r.name }}
+{{- $kind := required (printf "roles %q: kind is required (policy|scorer|critic|orchestrator)" $name) $r.kind }}
+{{- if hasKey $names $name }}
+{{- fail (printf "roles: the name %q is used by two roles (roles and extraRoles together)" $name) }}
+{{- end }}
+{{- $_ := set $names $name true }}
+{{- if not (hasKey $kinds $kind) }}
+{{- fail (printf "roles %q: unknown kind %q (policy|scorer|critic|orchestrator)" $name $kind) }}
+{{- end }}
+{{- if gt (len (printf "%s-%s-headless" $fullname $name)) 63 }}
+{{- fail (printf "roles %q: the Service name %s-%s-headless is over 63 characters; shorten the role name or set fullnameOverride" $name $fullname $name) }}
+{{- end }}
+{{- if or (not (hasKey $r "enabled")) $r.enabled }}
+{{- $_ := set $kinds $kind (add1 (index $kinds $kind)) }}
+{{- if eq $kind "scorer" }}
+{{- $sr := required (printf "roles %q: scoreRole (cost|reward) is required for a scorer" $name) $r.scoreRole }}
+{{- if $r.default }}
+{{- if hasKey $defaults $sr }}
+{{- fail (printf "roles %q: %q is already the default %s scorer; only one may set default: true" $name (index $defaults $sr) $sr) }}
+{{- end }}
+{{- $_ := set $defaults $sr $name }}
+{{- end }}
+{{- end }}
+{{- if and (eq $kind "critic") $r.default }}
+{{- if hasKey $defaults "critic" }}
+{{- fail (printf "roles %q: %q is already the default critic; only one may set default: true" $name (index $defaults "critic")) }}
+{{- end }}
+{{- $_ := set $defaults "critic" $name }}
+{{- end }}
+{{- if eq (dig "source" "none" ($r.model | default dict)) "pvc" }}
+{{- $_ := required (printf "roles %q: model.claimName is required when model.source is pvc" $name) $r.model.claimName }}
+{{- end }}
+{{- $out = append $out $r }}
+{{- end }}
+{{- end }}
+{{- if ne (index $kinds "policy") 1 }}
+{{- fail (printf "roles: exactly one enabled role of kind policy is required, found %d" (index $kinds "policy")) }}
+{{- end }}
+{{- if gt (index $kinds "orchestrator") 1 }}
+{{- fail (printf "roles: at most one enabled role of kind orchestrator is allowed, found %d" (index $kinds "orchestrator")) }}
+{{- end }}
+{{- toYaml (dict "roles" $out) }}
+{{- end }}
+
+{{/* The orchestrator's registry file, from the enabled roles. */}}
+{{- define "ig.registry" -}}
+{{- $roles := (include "ig.roles" . | fromYaml).roles }}
+{{- $scorers := list }}
+{{- $critics := list }}
+{{- range $roles }}
+{{- if eq .kind "scorer" }}{{ $scorers = append $scorers . }}{{ end }}
+{{- if eq .kind "critic" }}{{ $critics = append $critics . }}{{ end }}
+{{- end -}}
+# Rendered by the inferenceguard chart from its roles list; re-read on change.
+{{- range $roles }}
+{{- if eq .kind "policy" }}
+policy:
+  name: {{ .name }}
+  endpoints: [{{ include "ig.endpoint" (list $ .) | quote }}]
+{{- end }}
+{{- end }}
+{{- if $scorers }}
+scorers:
+{{- range $scorers }}
+  - name: {{ .name }}
+    role: {{ .scoreRole }}
+    default: {{ .default | default false }}
+    endpoints: [{{ include "ig.endpoint" (list $ .) | quote }}]
+{{- end }}
+{{- else }}
+scorers: []
+{{- end }}
+{{- if $critics }}
+critics:
+{{- range $critics }}
+  - name: {{ .name }}
+    default: {{ .default | default false }}
+    endpoints: [{{ include "ig.endpoint" (list $ .) | quote }}]
+{{- end }}
+{{- else }}
+critics: []
+{{- end }}
+{{- end }}
+
+{{/* Image reference of a role: its own `image` fields over the chart's. */}}
+{{- define "ig.image" -}}
+{{- $root := index . 0 }}{{ $role := index . 1 -}}
+{{- $img := $role.image | default dict }}
+{{- $repo := $img.repository | default $root.Values.image.repository }}
+{{- $tag := $img.tag | default $root.Values.image.tag | default $root.Chart.AppVersion | toString }}
+{{- if hasPrefix "sha256:" $tag }}
+{{- printf "%s@%s" $repo $tag }}
+{{- else }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+{{- end }}
+
+{{/* Image pull policy of a role. */}}
+{{- define "ig.pullPolicy" -}}
+{{- $root := index . 0 }}{{ $role := index . 1 -}}
+{{- dig "pullPolicy" "" ($role.image | default dict) | default $root.Values.image.pullPolicy }}
+{{- end }}
+
+{{/* Container command of a role: its own, else the binary of its kind. */}}
+{{- define "ig.command" -}}
+{{- $role := index . 1 -}}
+{{- $byKind := dict
+  "policy" (list "ig-policy")
+  "scorer" (list "ig-scorer")
+  "critic" (list "ig-critic")
+  "orchestrator" (list "inferenceguard" "serve" "guard") }}
+{{- toYaml ($role.command | default (index $byKind $role.kind)) }}
+{{- end }}
+
+{{/* Where a role's model volume is mounted. */}}
+{{- define "ig.modelMountPath" -}}
+{{- $role := index . 1 -}}
+{{- dig "mountPath" "/models" ($role.model | default dict) }}
+{{- end }}
+
+{{/* Model source of a role: none, assets or pvc. */}}
+{{- define "ig.modelSource" -}}
+{{- $role := index . 1 -}}
+{{- dig "source" "none" ($role.model | default dict) }}
+{{- end }}
+
+{{/*
+Environment of a role's main container: what the chart derives (listen addresses, telemetry,
+model home, score role, registry path), then the chart-wide `env`, then the role's `env`; a
+later one wins. Sorted by name so the output is stable. IG_THREADS follows the CPU request when
+the role sets one and does not set IG_THREADS itself.
+*/}}
+{{- define "ig.env" -}}
+{{- $root := index . 0 }}{{ $role := index . 1 -}}
+{{- $env := dict
+  "IG_LISTEN" (printf "0.0.0.0:%v" $root.Values.ports.grpc)
+  "IG_METRICS_LISTEN" (printf "0.0.0.0:%v" $root.Values.ports.metrics)
+  "OTEL_SERVICE_NAME" (printf "inferenceguard-%s" $role.name) }}
+{{- with $root.Values.otel.endpoint }}
+{{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" . }}
+{{- end }}
+{{- if ne (include "ig.modelSource" .) "none" }}
+{{- $_ := set $env "INFERENCEGUARD_HOME" (include "ig.modelMountPath" .) }}
+{{- end }}
+{{- if eq $role.kind "scorer" }}
+{{- $_ := set $env "IG_SCORE_ROLE" $role.scoreRole }}
+{{- end }}
+{{- if eq $role.kind "orchestrator" }}
+{{- $_ := set $env "IG_REGISTRY" (printf "%s/registry.yaml" $root.Values.registry.mountPath) }}
+{{- end }}
+{{- range $k, $v := $root.Values.env }}{{ $_ := set $env $k $v }}{{ end }}
+{{- range $k, $v := $role.env }}{{ $_ := set $env $k $v }}{{ end }}
+{{- $list := list }}
+{{- range $k := keys $env | sortAlpha }}
+{{- $list = append $list (dict "name" $k "value" (index $env $k | toString)) }}
+{{- end }}
+{{- if and (ne $role.kind "orchestrator") (not (hasKey $env "IG_THREADS")) (dig "requests" "cpu" "" ($role.resources | default dict)) }}
+{{- $list = append $list (dict "name" "IG_THREADS" "valueFrom" (dict "resourceFieldRef" (dict "resource" "requests.cpu" "divisor" "1"))) }}
+{{- end }}
+{{- toYaml (concat $list ($role.extraEnv | default list)) }}
+{{- end }}
+
+{{/* One probe of a role (`list $ $role "startup"`): a native gRPC health check on the gRPC
+port, with the role's timings or else the chart's. */}}
+{{- define "ig.probe" -}}
+{{- $root := index . 0 }}{{ $role := index . 1 }}{{ $which := index . 2 -}}
+{{- $p := dig $which (dict) ($role.probes | default dict) | default (index $root.Values.probes $which) | deepCopy }}
+{{- $grpc := dict "port" $root.Values.ports.grpc }}
+{{- with $p.service }}{{ $_ := set $grpc "service" . }}{{ end }}
+{{- $_ := unset $p "service" }}
+{{- toYaml (merge (dict "grpc" $grpc) $p) }}
+{{- end }}
