@@ -1,1 +1,13 @@
-//! placeholder
+//! Role contracts of InferenceGuard Mesh.
+//!
+//! Plain batch types and the traits each role's model implements. This crate
+//! knows neither gRPC nor candle: `ig-models` implements the traits on candle,
+//! `ig-serve` and the role binaries put them behind tonic.
+//!
+//! - [`policy`]: the causal LM role (chunk extension, top-k, text codec).
+//! - [`error`]: [`RoleError`], the one error type a role reports.
+
+pub mod error;
+pub mod policy;
+
+pub use error::RoleError;

@@ -1,1 +1,62 @@
-//! placeholder
+//! Model code on candle for InferenceGuard Mesh. Knows nothing of gRPC.
+//!
+//! - [`llama`]: the Llama-family causal LM (GGUF and safetensors) with an
+//!   external KV cache and segment-batched forward passes.
+//! - [`kv_cache`]: the cache, with fork / expand / row selection for beams.
+//! - [`tokenizer`]: tokenizers (from `tokenizer.json` or GGUF metadata) and
+//!   chat templates.
+//! - [`sampling`]: temperature, top-k, top-p, seeded per-child streams.
+//! - [`prefix_cache`]: byte-bounded reuse of computed prefixes.
+//! - [`policy`]: the [`ig_core::policy::PolicyBackend`] built from them.
+
+pub mod kv_cache;
+pub mod llama;
+pub mod policy;
+pub mod prefix_cache;
+pub mod sampling;
+pub mod tokenizer;
+
+use ig_core::RoleError;
+
+pub use candle_core::Device;
+
+/// Threads candle's CPU kernels use.
+pub fn num_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// What can go wrong in model code.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read.
+    #[error("{0}")]
+    Io(String),
+    /// A checkpoint is malformed or lacks something required.
+    #[error("{0}")]
+    Format(String),
+    /// A valid checkpoint or setting this code does not handle.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Inputs of the wrong shape reached the model (a caller's bug).
+    #[error("shape: {0}")]
+    Shape(String),
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A role-level outcome (cancellation, deadline, bad text) passed through.
+    #[error(transparent)]
+    Role(#[from] RoleError),
+}
+
+/// Result of model code.
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+impl From<ModelError> for RoleError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Unsupported(m) => RoleError::FailedPrecondition(m),
+            ModelError::Role(r) => r,
+            other => RoleError::Internal(other.to_string()),
+        }
+    }
+}

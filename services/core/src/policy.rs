@@ -1,0 +1,276 @@
+//! The policy role: a frozen causal LM that extends token prefixes in chunks.
+//!
+//! Requests here are already validated (see the policy server's `validate`
+//! module): every index is in range and every limit holds, so a backend never
+//! re-checks them.
+
+use std::time::{Duration, Instant};
+
+use crate::RoleError;
+
+/// Limits a policy server enforces. All are inclusive maxima.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyLimits {
+    /// Longest sequence (prefix plus generated tokens), in tokens.
+    pub max_sequence_tokens: usize,
+    /// Most prefixes per ExtendChunk call (sequences per TopKNext call).
+    pub max_prefixes: usize,
+    /// Most children of one prefix.
+    pub max_children_per_prefix: usize,
+    /// Most candidates (sum of children) per ExtendChunk call.
+    pub max_candidates: usize,
+    /// Largest chunk, in tokens.
+    pub max_chunk_tokens: usize,
+    /// Largest k of TopKNext.
+    pub max_top_k: usize,
+    /// Most logit biases on one prefix.
+    pub max_logit_biases: usize,
+    /// Largest text for Tokenize / RenderChat, in UTF-8 bytes.
+    pub max_text_bytes: usize,
+    /// Largest encoded request, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for PolicyLimits {
+    fn default() -> Self {
+        Self {
+            max_sequence_tokens: 2048,
+            max_prefixes: 256,
+            max_children_per_prefix: 256,
+            max_candidates: 512,
+            max_chunk_tokens: 256,
+            max_top_k: 256,
+            max_logit_biases: 4096,
+            max_text_bytes: 64 * 1024,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a policy serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyInfo {
+    /// Stable identifier of the checkpoint (file or directory name).
+    pub model_id: String,
+    /// Architecture, e.g. "llama".
+    pub architecture: String,
+    /// Number of token ids.
+    pub vocab_size: usize,
+    /// Hidden size: the length of every latent.
+    pub latent_dim: usize,
+    /// Ids that end a sequence.
+    pub eos_token_ids: Vec<u32>,
+    /// Id prepended by `tokenize(add_special_tokens = true)`, if any.
+    pub bos_token_id: Option<u32>,
+    /// Jinja chat template from the checkpoint, empty if none.
+    pub chat_template: String,
+    /// Weight format in memory, e.g. "q8_0".
+    pub weight_dtype: String,
+    /// Device, e.g. "cpu".
+    pub device: String,
+    /// Context length of the model (positions it was built for).
+    pub max_position_embeddings: usize,
+}
+
+/// One message of a conversation, before templating.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChatMessage {
+    /// "system", "user", "assistant", ...
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// Text in, ids out, and back; thread-safe so servers can call it off the
+/// model thread.
+pub trait TextCodec: Send + Sync {
+    /// Token ids of `text`; `add_special_tokens` adds e.g. a BOS token.
+    fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, RoleError>;
+    /// Text of `ids`.
+    fn detokenize(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, RoleError>;
+    /// The conversation rendered with the model's chat template.
+    fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, RoleError>;
+}
+
+/// How tokens are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature; 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus mass in (0, 1]; 1 keeps everything.
+    pub top_p: f32,
+    /// Keep only the k most likely tokens, if set.
+    pub top_k: Option<usize>,
+    /// Root seed; each child derives its own stream from it.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { temperature: 1.0, top_p: 1.0, top_k: None, seed: 0 }
+    }
+}
+
+/// A prefix to extend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefixSpec {
+    /// Prompt plus response so far; never empty.
+    pub token_ids: Vec<u32>,
+    /// Children to draw, at least one.
+    pub children: usize,
+    /// `(token id, bias)` pairs added to the logits at every step.
+    pub logit_biases: Vec<(u32, f32)>,
+}
+
+/// A validated chunk-extension request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtendRequest {
+    /// The prefixes, each with its number of children.
+    pub prefixes: Vec<PrefixSpec>,
+    /// Tokens to generate per child.
+    pub chunk_tokens: usize,
+    /// How tokens are drawn.
+    pub sampling: Sampling,
+    /// Ids that end a sequence besides the model's EOS ids.
+    pub stop_token_ids: Vec<u32>,
+    /// A sequence stops with [`FinishReason::Length`] at this many tokens.
+    pub max_sequence_tokens: usize,
+    /// Whether to return latents.
+    pub with_latents: bool,
+}
+
+impl ExtendRequest {
+    /// Total number of candidates the request asks for.
+    pub fn candidate_count(&self) -> usize {
+        self.prefixes.iter().map(|p| p.children).sum()
+    }
+}
+
+/// Why a sequence stopped growing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The chunk is complete; the sequence may be extended again.
+    Chunk,
+    /// A stop token was produced (it is the last generated id).
+    Stop,
+    /// The length limit was reached.
+    Length,
+}
+
+/// One child of one prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Index of the prefix in the request.
+    pub prefix_index: usize,
+    /// Index of the child among its prefix's children.
+    pub child_index: usize,
+    /// The generated ids only.
+    pub token_ids: Vec<u32>,
+    /// Text of the generated ids, decoded in the context of the prefix.
+    pub text: String,
+    /// Log-probability of each generated id under the untempered model.
+    pub token_logprobs: Vec<f32>,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+    /// Post-norm hidden state at the last token, if requested.
+    pub latent: Option<Vec<f32>>,
+    /// Prefix plus generated length.
+    pub sequence_tokens: usize,
+}
+
+/// Work done for one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtendStats {
+    /// Prefix tokens run through the model.
+    pub prefill_tokens: u64,
+    /// Prefix tokens served from the prefix cache.
+    pub cached_prefix_tokens: u64,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+    /// Forward passes run.
+    pub forward_passes: u64,
+    /// Time spent computing.
+    pub compute: Duration,
+}
+
+/// A validated top-k request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopKRequest {
+    /// Sequences whose next token is asked for; none empty.
+    pub sequences: Vec<Vec<u32>>,
+    /// Tokens to return per sequence.
+    pub k: usize,
+    /// Whether to return latents.
+    pub with_latents: bool,
+}
+
+/// The most likely next tokens of one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NextTokens {
+    /// Ids, most likely first.
+    pub token_ids: Vec<u32>,
+    /// Raw logits, same order.
+    pub logits: Vec<f32>,
+    /// Log-softmax at temperature 1, same order.
+    pub logprobs: Vec<f32>,
+    /// Each token's text on its own, same order.
+    pub texts: Vec<String>,
+    /// Post-norm hidden state at the last token, if requested.
+    pub latent: Option<Vec<f32>>,
+}
+
+/// Tells a long computation whether to go on: the client may have left or
+/// the deadline may have passed.
+pub struct WorkControl<'a> {
+    deadline: Option<Instant>,
+    client_gone: &'a dyn Fn() -> bool,
+}
+
+impl<'a> WorkControl<'a> {
+    /// A control with an optional deadline and a probe for a vanished client.
+    pub fn new(deadline: Option<Instant>, client_gone: &'a dyn Fn() -> bool) -> Self {
+        Self { deadline, client_gone }
+    }
+
+    /// `Ok` to continue; the error to stop with otherwise.
+    pub fn check(&self) -> Result<(), RoleError> {
+        if (self.client_gone)() {
+            return Err(RoleError::Cancelled);
+        }
+        match self.deadline {
+            Some(d) if Instant::now() >= d => {
+                Err(RoleError::DeadlineExceeded("the request's deadline".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A loaded causal LM that the policy server drives from one thread.
+pub trait PolicyBackend: Send + 'static {
+    /// What is served.
+    fn info(&self) -> PolicyInfo;
+    /// The tokenizer and chat template, shareable with other threads.
+    fn codec(&self) -> std::sync::Arc<dyn TextCodec>;
+    /// Runs a few tokens through the model so the first request is not slow.
+    fn warm_up(&mut self) -> Result<(), RoleError>;
+    /// Extends every prefix by one chunk. Finished candidates are handed to
+    /// `emit` as soon as they are known (grouped by step); `control` is
+    /// checked between forward passes.
+    fn extend(
+        &mut self,
+        request: &ExtendRequest,
+        control: &WorkControl<'_>,
+        emit: &mut dyn FnMut(Vec<Candidate>),
+    ) -> Result<ExtendStats, RoleError>;
+    /// The k most likely next tokens of each sequence.
+    fn top_k_next(
+        &mut self,
+        request: &TopKRequest,
+        control: &WorkControl<'_>,
+    ) -> Result<Vec<NextTokens>, RoleError>;
+}

@@ -1,0 +1,102 @@
+//! The key/value cache of a group of sequences, kept outside the model.
+//!
+//! All rows of one cache have the same length. Tensors are immutable and
+//! reference-counted, so [`KvCache::clone`] (a fork) is cheap and both forks
+//! can grow independently; row operations ([`KvCache::select_rows`]) copy.
+
+use candle_core::Tensor;
+
+use crate::{ModelError, Result};
+
+/// Keys and values of every layer for `rows` sequences of `len` positions,
+/// each `(rows, kv_heads, len, head_dim)`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    rows: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a model of `num_layers` blocks.
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![None; num_layers], rows: 0, len: 0 }
+    }
+
+    /// Positions cached per row.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of sequences.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes held by the cache's tensors.
+    pub fn size_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// A cache whose row `i` is this cache's row `rows[i]`: keeps, drops,
+    /// duplicates or reorders rows (beam search, forking a prefix into
+    /// children).
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= self.rows.max(1)) {
+            return Err(ModelError::Shape(format!("row {bad} of a cache with {} rows", self.rows)));
+        }
+        if self.is_empty() {
+            return Ok(Self { layers: self.layers.clone(), rows: rows.len(), len: 0 });
+        }
+        let device = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone());
+        let device = device.ok_or_else(|| ModelError::Shape("non-empty cache without tensors".into()))?;
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), &device)?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, rows: rows.len(), len: self.len })
+    }
+
+    /// `n` copies of a one-row cache (the children of one prefix).
+    pub fn expand(&self, n: usize) -> Result<Self> {
+        if self.rows > 1 {
+            return Err(ModelError::Shape(format!("expand needs a one-row cache, this one has {} rows", self.rows)));
+        }
+        self.select_rows(&vec![0; n])
+    }
+
+    /// Appends one layer's new keys and values and returns the whole of that
+    /// layer. The length advances once every layer is done ([`Self::advance`]).
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let slot = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| ModelError::Shape(format!("layer {layer} of a cache with fewer layers")))?;
+        let kv = match slot.take() {
+            None => (k, v),
+            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+        };
+        *slot = Some(kv.clone());
+        Ok(kv)
+    }
+
+    pub(crate) fn advance(&mut self, rows: usize, t: usize) {
+        self.rows = rows;
+        self.len += t;
+    }
+}

@@ -1,0 +1,685 @@
+//! A Llama-family causal LM with an external KV cache.
+//!
+//! One type serves both checkpoint formats the project meets: GGUF as shipped
+//! by llama.cpp (quantized, Q/K rows permuted for interleaved rotary
+//! embeddings) and Hugging Face safetensors (`config.json` plus one or many
+//! shards, f32/f16/bf16, half-split rotary embeddings). The architecture is
+//! Llama 2/3 (Touvron et al., arXiv 2302.13971): pre-norm blocks of
+//! grouped-query attention and a SwiGLU MLP.
+//!
+//! Unlike candle's `quantized_llama`, the cache lives outside the weights (as
+//! in candle's `llama.rs`), so one model serves many independent sequences:
+//! [`Llama::forward_segments`] runs several *segments* (groups of rows that
+//! share a cache) in one pass. The linear layers see every row of every
+//! segment at once; only attention is done per segment, against that
+//! segment's own cache and positions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::kv_cache::KvCache;
+use crate::{ModelError, Result};
+
+/// How rotary embeddings pair the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(2i, 2i+1)`: GGUF Llama checkpoints (llama.cpp permutes Q and K).
+    Interleaved,
+    /// Pairs `(i, i + d/2)`: Hugging Face checkpoints.
+    HalfSplit,
+}
+
+/// The resolved architecture of a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Number of token ids.
+    pub vocab_size: usize,
+    /// Width of the residual stream (= latent size).
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Number of blocks.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than query heads).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Rotary base frequency.
+    pub rope_theta: f32,
+    /// Rotary pairing.
+    pub rope_style: RopeStyle,
+    /// RMS norm epsilon.
+    pub rms_norm_eps: f64,
+    /// Positions the rotary table covers (the context length).
+    pub max_position_embeddings: usize,
+    /// Whether the LM head reuses the embedding matrix.
+    pub tie_word_embeddings: bool,
+}
+
+/// Weight format kept in memory, chosen at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    /// As stored in the checkpoint (GGUF quantized types stay quantized;
+    /// safetensors half types are widened to f32 on CPU).
+    Native,
+    /// Every projection re-quantized to Q8_0 (candle has a SIMD kernel for it).
+    Q8_0,
+    /// Dense f32.
+    F32,
+    /// Dense f16 (activations in f16; meant for CUDA).
+    F16,
+    /// Dense bf16 (activations in bf16; meant for CUDA).
+    BF16,
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "native" => Ok(Self::Native),
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::BF16),
+            other => Err(format!("unknown weight dtype {other:?}: expected native, q8_0, f32, f16 or bf16")),
+        }
+    }
+}
+
+/// Which positions of each row get logits and hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// Only the last position of each row (generation).
+    Last,
+    /// Every position of every row, row-major (tests, scoring).
+    All,
+}
+
+/// Rows of tokens that share one KV cache.
+pub struct Segment<'a> {
+    /// `rows * t` token ids, row-major; every row has the same length `t`.
+    pub tokens: &'a [u32],
+    /// Number of rows; must equal the cache's rows unless the cache is empty.
+    pub rows: usize,
+    /// The rows' cache; extended in place by `t` positions.
+    pub cache: &'a mut KvCache,
+}
+
+/// Outputs of a forward pass, in f32, one row per requested position.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// `(positions, vocab)` logits.
+    pub logits: Tensor,
+    /// `(positions, hidden)` hidden states after the final norm.
+    pub hidden: Tensor,
+}
+
+/// A linear map `y = x W^T` over quantized or dense weights.
+#[derive(Debug, Clone)]
+struct Linear(QMatMul);
+
+impl Linear {
+    fn from_qtensor(q: QTensor, dtype: WeightDtype, act: DType, device: &Device) -> Result<Self> {
+        let inner = match (dtype, q.dtype()) {
+            (WeightDtype::Native, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
+                QMatMul::Tensor(q.dequantize(device)?.to_dtype(act)?)
+            }
+            (WeightDtype::Native, _) => QMatMul::QTensor(std::sync::Arc::new(q)),
+            (WeightDtype::Q8_0, GgmlDType::Q8_0) => QMatMul::QTensor(std::sync::Arc::new(q)),
+            (WeightDtype::Q8_0, _) => {
+                let dense = q.dequantize(device)?;
+                QMatMul::QTensor(std::sync::Arc::new(QTensor::quantize(&dense, GgmlDType::Q8_0)?))
+            }
+            (WeightDtype::F32 | WeightDtype::F16 | WeightDtype::BF16, _) => {
+                QMatMul::Tensor(q.dequantize(device)?.to_dtype(act)?)
+            }
+        };
+        Ok(Self(inner))
+    }
+
+    fn from_dense(w: Tensor, dtype: WeightDtype, act: DType) -> Result<Self> {
+        let inner = match dtype {
+            WeightDtype::Q8_0 => {
+                let w = w.to_dtype(DType::F32)?;
+                QMatMul::QTensor(std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0)?))
+            }
+            _ => QMatMul::Tensor(w.to_dtype(act)?),
+        };
+        Ok(Self(inner))
+    }
+
+    /// `x`: `(n, in)` → `(n, out)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.0.forward(x)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Tensor,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+/// A loaded Llama-family model. Immutable: every sequence's state lives in a
+/// [`KvCache`] owned by the caller.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+    act_dtype: DType,
+    weight_dtype: String,
+}
+
+/// Metadata of a GGUF file that the tokenizer and the policy need besides the
+/// weights.
+pub type GgufMetadata = HashMap<String, gguf_file::Value>;
+
+fn activation_dtype(dtype: WeightDtype, native_dense: DType, device: &Device) -> DType {
+    match dtype {
+        WeightDtype::F16 => DType::F16,
+        WeightDtype::BF16 => DType::BF16,
+        // Half types only pay off with GPU kernels; on CPU compute in f32.
+        WeightDtype::Native if device.is_cuda() => native_dense,
+        _ => DType::F32,
+    }
+}
+
+fn rope_tables(cfg: &LlamaConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1f32 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32))
+        .collect();
+    let inv = Tensor::from_vec(inv, (1, half), device)?;
+    let pos = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((cfg.max_position_embeddings, 1))?;
+    let freqs = pos.matmul(&inv)?;
+    Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+}
+
+fn md<'a>(meta: &'a GgufMetadata, key: &str) -> Result<&'a gguf_file::Value> {
+    meta.get(key)
+        .ok_or_else(|| ModelError::Format(format!("GGUF metadata has no key {key:?}")))
+}
+
+impl Llama {
+    /// Loads a GGUF checkpoint (architecture `llama`). Returns the model and
+    /// the file's metadata (tokenizer, chat template, special ids).
+    pub fn from_gguf(path: &Path, dtype: WeightDtype, device: &Device) -> Result<(Self, GgufMetadata)> {
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| ModelError::Format(format!("{}: not a GGUF file: {e}", path.display())))?;
+        let meta = content.metadata.clone();
+        let arch = md(&meta, "general.architecture")?.to_string()?.clone();
+        if arch != "llama" {
+            return Err(ModelError::Unsupported(format!(
+                "GGUF architecture {arch:?}; this loader handles \"llama\""
+            )));
+        }
+        let get_u = |k: &str| -> Result<usize> { Ok(md(&meta, k)?.to_u32()? as usize) };
+        let num_heads = get_u("llama.attention.head_count")?;
+        let hidden_size = get_u("llama.embedding_length")?;
+        let head_dim = match meta.get("llama.rope.dimension_count") {
+            Some(v) => v.to_u32()? as usize,
+            None => hidden_size / num_heads,
+        };
+        if head_dim * num_heads != hidden_size {
+            return Err(ModelError::Unsupported(format!(
+                "rotary dimension {head_dim} x {num_heads} heads != embedding length {hidden_size}"
+            )));
+        }
+        let embd_q = content.tensor(&mut file, "token_embd.weight", device)?;
+        let vocab_size = embd_q.shape().dims()[0];
+        let has_output = content.tensor_infos.contains_key("output.weight");
+        let cfg = LlamaConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size: get_u("llama.feed_forward_length")?,
+            num_layers: get_u("llama.block_count")?,
+            num_heads,
+            num_kv_heads: get_u("llama.attention.head_count_kv").unwrap_or(num_heads),
+            head_dim,
+            rope_theta: meta.get("llama.rope.freq_base").map(|v| v.to_f32()).transpose()?.unwrap_or(10_000.),
+            rope_style: RopeStyle::Interleaved,
+            rms_norm_eps: md(&meta, "llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+            max_position_embeddings: get_u("llama.context_length")?,
+            tie_word_embeddings: !has_output,
+        };
+        let act = activation_dtype(dtype, DType::F32, device);
+        let embed = embd_q.dequantize(device)?.to_dtype(act)?;
+        let lm_head = if has_output {
+            Linear::from_qtensor(content.tensor(&mut file, "output.weight", device)?, dtype, act, device)?
+        } else {
+            match dtype {
+                // Dense modes share the embedding matrix instead of a second copy.
+                WeightDtype::F32 | WeightDtype::F16 | WeightDtype::BF16 => Linear(QMatMul::Tensor(embed.clone())),
+                _ => Linear::from_qtensor(embd_q, dtype, act, device)?,
+            }
+        };
+        let mut tensor = |name: String| content.tensor(&mut file, &name, device);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("blk.{i}");
+            let mut lin = |n: &str| -> Result<Linear> {
+                Linear::from_qtensor(tensor(format!("{p}.{n}.weight"))?, dtype, act, device)
+            };
+            let (wq, wk, wv, wo) = (lin("attn_q")?, lin("attn_k")?, lin("attn_v")?, lin("attn_output")?);
+            let (w_gate, w_up, w_down) = (lin("ffn_gate")?, lin("ffn_up")?, lin("ffn_down")?);
+            let mut norm = |n: &str| -> Result<Tensor> {
+                Ok(tensor(format!("{p}.{n}.weight"))?.dequantize(device)?.to_dtype(act)?)
+            };
+            layers.push(Block {
+                attn_norm: norm("attn_norm")?,
+                ffn_norm: norm("ffn_norm")?,
+                wq,
+                wk,
+                wv,
+                wo,
+                w_gate,
+                w_up,
+                w_down,
+            });
+        }
+        let norm = tensor("output_norm.weight".into())?.dequantize(device)?.to_dtype(act)?;
+        let weight_dtype = match dtype {
+            WeightDtype::Native => format!("{:?}", layers[0].wq_dtype_name()).to_lowercase(),
+            other => dtype_name(other).into(),
+        };
+        let (cos, sin) = rope_tables(&cfg, act, device)?;
+        let model = Self { cfg, embed, layers, norm, lm_head, cos, sin, device: device.clone(), act_dtype: act, weight_dtype };
+        Ok((model, meta))
+    }
+
+    /// Loads a Hugging Face checkpoint directory: `config.json` plus
+    /// `model.safetensors` or the shards listed in
+    /// `model.safetensors.index.json`.
+    pub fn from_safetensors_dir(dir: &Path, dtype: WeightDtype, device: &Device) -> Result<Self> {
+        let cfg_text = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| ModelError::Io(format!("{}: {e}", dir.join("config.json").display())))?;
+        let hf: serde_json::Value = serde_json::from_str(&cfg_text)
+            .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
+        let cfg = config_from_hf(&hf)?;
+        let files = safetensors_files(dir)?;
+        let mut weights: HashMap<String, Tensor> = HashMap::new();
+        for f in &files {
+            weights.extend(candle_core::safetensors::load(f, device)?);
+        }
+        let native_dense = weights
+            .get("model.embed_tokens.weight")
+            .map(|t| t.dtype())
+            .ok_or_else(|| ModelError::Format("missing tensor model.embed_tokens.weight".into()))?;
+        let act = activation_dtype(dtype, native_dense, device);
+        let mut take = |name: &str| -> Result<Tensor> {
+            weights
+                .remove(name)
+                .ok_or_else(|| ModelError::Format(format!("missing tensor {name:?} in {}", dir.display())))
+        };
+        let embed = take("model.embed_tokens.weight")?.to_dtype(act)?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut lin = |n: &str| -> Result<Linear> { Linear::from_dense(take(&format!("{p}.{n}.weight"))?, dtype, act) };
+            let (wq, wk, wv, wo) = (lin("self_attn.q_proj")?, lin("self_attn.k_proj")?, lin("self_attn.v_proj")?, lin("self_attn.o_proj")?);
+            let (w_gate, w_up, w_down) = (lin("mlp.gate_proj")?, lin("mlp.up_proj")?, lin("mlp.down_proj")?);
+            layers.push(Block {
+                attn_norm: take(&format!("{p}.input_layernorm.weight"))?.to_dtype(act)?,
+                ffn_norm: take(&format!("{p}.post_attention_layernorm.weight"))?.to_dtype(act)?,
+                wq,
+                wk,
+                wv,
+                wo,
+                w_gate,
+                w_up,
+                w_down,
+            });
+        }
+        let norm = take("model.norm.weight")?.to_dtype(act)?;
+        let lm_head = match weights.remove("lm_head.weight") {
+            Some(w) => Linear::from_dense(w, dtype, act)?,
+            None if cfg.tie_word_embeddings => Linear::from_dense(embed.clone(), dtype, act)?,
+            None => {
+                return Err(ModelError::Format(
+                    "missing tensor \"lm_head.weight\" and tie_word_embeddings is false".into(),
+                ))
+            }
+        };
+        let weight_dtype = match dtype {
+            WeightDtype::Native => format!("{act:?}").to_lowercase(),
+            other => dtype_name(other).into(),
+        };
+        let (cos, sin) = rope_tables(&cfg, act, device)?;
+        Ok(Self { cfg, embed, layers, norm, lm_head, cos, sin, device: device.clone(), act_dtype: act, weight_dtype })
+    }
+
+    /// The resolved architecture.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The weight format in memory, e.g. "q4_1" or "f32".
+    pub fn weight_dtype(&self) -> &str {
+        &self.weight_dtype
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_layers)
+    }
+
+    /// Runs `tokens` (`rows x t`, row-major) through the model, extending
+    /// `cache` by `t` positions.
+    pub fn forward(&self, tokens: &[u32], rows: usize, cache: &mut KvCache, positions: Positions) -> Result<ForwardOutput> {
+        self.forward_segments(&mut [Segment { tokens, rows, cache }], positions)
+    }
+
+    /// Runs several segments in one pass. The output rows follow the
+    /// segments' order (and within a segment, its rows; with
+    /// [`Positions::All`], every position of each row).
+    pub fn forward_segments(&self, segments: &mut [Segment<'_>], positions: Positions) -> Result<ForwardOutput> {
+        let mut shapes = Vec::with_capacity(segments.len());
+        let mut all_tokens = Vec::new();
+        for (i, s) in segments.iter().enumerate() {
+            if s.rows == 0 || s.tokens.is_empty() || s.tokens.len() % s.rows != 0 {
+                return Err(ModelError::Shape(format!(
+                    "segment {i}: {} tokens do not split into {} equal rows",
+                    s.tokens.len(),
+                    s.rows
+                )));
+            }
+            let t = s.tokens.len() / s.rows;
+            if !s.cache.is_empty() && s.cache.rows() != s.rows {
+                return Err(ModelError::Shape(format!(
+                    "segment {i}: {} rows but its cache holds {}",
+                    s.rows,
+                    s.cache.rows()
+                )));
+            }
+            let start = s.cache.len();
+            if start + t > self.cfg.max_position_embeddings {
+                return Err(ModelError::Shape(format!(
+                    "segment {i}: {} positions exceed the model's context of {}",
+                    start + t,
+                    self.cfg.max_position_embeddings
+                )));
+            }
+            if let Some(bad) = s.tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+                return Err(ModelError::Shape(format!("token id {bad} >= vocabulary size {}", self.cfg.vocab_size)));
+            }
+            shapes.push((s.rows, t, start));
+            all_tokens.extend_from_slice(s.tokens);
+        }
+        let n = all_tokens.len();
+        let ids = Tensor::from_vec(all_tokens, n, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?; // (n, hidden)
+        let eps = self.cfg.rms_norm_eps as f32;
+        for (l, block) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
+            let q = block.wq.forward(&h)?;
+            let k = block.wk.forward(&h)?;
+            let v = block.wv.forward(&h)?;
+            let mut outs = Vec::with_capacity(segments.len());
+            let mut off = 0;
+            for (s, &(rows, t, start)) in segments.iter_mut().zip(&shapes) {
+                let len = rows * t;
+                let y = self.attention(
+                    &q.narrow(0, off, len)?,
+                    &k.narrow(0, off, len)?,
+                    &v.narrow(0, off, len)?,
+                    rows,
+                    t,
+                    start,
+                    s.cache,
+                    l,
+                )?;
+                outs.push(y);
+                off += len;
+            }
+            let attn = if outs.len() == 1 { outs.pop().expect("one segment") } else { Tensor::cat(&outs, 0)? };
+            x = (x + block.wo.forward(&attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
+            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
+            let up = block.w_up.forward(&h)?;
+            x = (x + block.w_down.forward(&(gate * up)?)?)?;
+        }
+        for (s, &(rows, t, _)) in segments.iter_mut().zip(&shapes) {
+            s.cache.advance(rows, t);
+        }
+        let x = match positions {
+            Positions::All => x,
+            Positions::Last => {
+                let mut last = Vec::new();
+                let mut off = 0u32;
+                for &(rows, t, _) in &shapes {
+                    for r in 0..rows as u32 {
+                        last.push(off + (r + 1) * t as u32 - 1);
+                    }
+                    off += (rows * t) as u32;
+                }
+                let idx = Tensor::from_vec(last.clone(), last.len(), &self.device)?;
+                x.index_select(&idx, 0)?
+            }
+        };
+        let hidden = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let logits = self.lm_head.forward(&hidden)?;
+        Ok(ForwardOutput { logits: logits.to_dtype(DType::F32)?, hidden: hidden.to_dtype(DType::F32)? })
+    }
+
+    /// Attention of one segment: `q`, `k`, `v` are `(rows * t, heads * head_dim)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rows: usize,
+        t: usize,
+        start: usize,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let q = q.reshape((rows, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((rows, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((rows, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let cos = self.cos.narrow(0, start, t)?;
+        let sin = self.sin.narrow(0, start, t)?;
+        let (q, k) = match self.cfg.rope_style {
+            RopeStyle::Interleaved => (
+                candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
+                candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+            ),
+            RopeStyle::HalfSplit => (
+                candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+            ),
+        };
+        let (k, v) = cache.append(layer, k, v)?; // (rows, nkv, L, hd)
+        let scale = 1.0 / (hd as f64).sqrt();
+        let group = nh / nkv;
+        let y = if t == 1 {
+            // Decoding: the `group` query heads that share a KV head are
+            // stacked along that head's query axis, so K/V are never copied
+            // per query head.
+            let q = q.reshape((rows, nkv, group, hd))?;
+            let att = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?; // (rows, nkv, group, L)
+            att.matmul(&v)?.reshape((rows, nh, 1, hd))?
+        } else {
+            // Prefill: K/V repeated per query head, the same arithmetic as
+            // candle's reference implementation (quantized activations
+            // amplify any change in summation order).
+            let k = candle_transformers::utils::repeat_kv(k, group)?.contiguous()?;
+            let v = candle_transformers::utils::repeat_kv(v, group)?.contiguous()?;
+            let att = (q.matmul(&k.t()?)? * scale)?; // (rows, nh, t, L)
+            let mask = causal_mask(t, start, self.act_dtype, &self.device)?; // (t, L)
+            let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(&mask)?)?;
+            att.matmul(&v)?
+        };
+        let y = y.transpose(1, 2)?.reshape((rows * t, nh * hd))?;
+        Ok(y)
+    }
+}
+
+impl Block {
+    fn wq_dtype_name(&self) -> String {
+        match &self.wq.0 {
+            QMatMul::QTensor(q) => format!("{:?}", q.dtype()),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => format!("{:?}", t.dtype()),
+        }
+    }
+}
+
+fn dtype_name(d: WeightDtype) -> &'static str {
+    match d {
+        WeightDtype::Native => "native",
+        WeightDtype::Q8_0 => "q8_0",
+        WeightDtype::F32 => "f32",
+        WeightDtype::F16 => "f16",
+        WeightDtype::BF16 => "bf16",
+    }
+}
+
+/// Additive causal mask `(t, start + t)`: 0 where query `i` (at position
+/// `start + i`) may attend, -inf after it.
+fn causal_mask(t: usize, start: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let kv = start + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..kv).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0. }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, kv), device)?.to_dtype(dtype)?)
+}
+
+/// Resolves a Hugging Face `config.json` (Llama family) into [`LlamaConfig`].
+pub fn config_from_hf(hf: &serde_json::Value) -> Result<LlamaConfig> {
+    let get = |k: &str| hf.get(k).filter(|v| !v.is_null());
+    let req_u = |k: &str| -> Result<usize> {
+        get(k)
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| ModelError::Format(format!("config.json: missing or non-integer {k:?}")))
+    };
+    if let Some(mt) = get("model_type").and_then(|v| v.as_str()) {
+        if mt != "llama" {
+            return Err(ModelError::Unsupported(format!("config.json model_type {mt:?}; this loader handles \"llama\"")));
+        }
+    }
+    if get("attention_bias").and_then(|v| v.as_bool()) == Some(true) || get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(ModelError::Unsupported("attention_bias/mlp_bias = true".into()));
+    }
+    // transformers >= 5 stores rotary settings under `rope_parameters`;
+    // older files put `rope_theta` and `rope_scaling` at the top level.
+    let rope = get("rope_parameters");
+    let rope_theta = rope
+        .and_then(|r| r.get("rope_theta"))
+        .or_else(|| get("rope_theta"))
+        .and_then(|v| v.as_f64())
+        .unwrap_or(10_000.0) as f32;
+    let rope_type = rope
+        .and_then(|r| r.get("rope_type"))
+        .or_else(|| get("rope_scaling").and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    if rope_type != "default" {
+        return Err(ModelError::Unsupported(format!("rope scaling type {rope_type:?}")));
+    }
+    let hidden_size = req_u("hidden_size")?;
+    let num_heads = req_u("num_attention_heads")?;
+    let head_dim = get("head_dim").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(hidden_size / num_heads);
+    Ok(LlamaConfig {
+        vocab_size: req_u("vocab_size")?,
+        hidden_size,
+        intermediate_size: req_u("intermediate_size")?,
+        num_layers: req_u("num_hidden_layers")?,
+        num_heads,
+        num_kv_heads: get("num_key_value_heads").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(num_heads),
+        head_dim,
+        rope_theta,
+        rope_style: RopeStyle::HalfSplit,
+        rms_norm_eps: get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6),
+        max_position_embeddings: req_u("max_position_embeddings")?,
+        tie_word_embeddings: get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+    })
+}
+
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Io(format!("{}: {e}", index.display())))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Format(format!("{}: {e}", index.display())))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Format(format!("{}: no weight_map", index.display())))?;
+        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::Io(format!(
+        "{}: neither model.safetensors nor model.safetensors.index.json",
+        dir.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_blocks_future_positions() -> Result<()> {
+        // t = 2 new queries after 1 cached position: rows see [0,1] and [0,1,2].
+        let m = causal_mask(2, 1, DType::F32, &Device::Cpu)?.to_vec2::<f32>()?;
+        assert_eq!(m[0][..2], [0., 0.]);
+        assert!(m[0][2].is_infinite());
+        assert_eq!(m[1], [0., 0., 0.]);
+        Ok(())
+    }
+
+    #[test]
+    fn hf_config_reads_rope_parameters_of_transformers_5() -> Result<()> {
+        let hf = serde_json::json!({
+            "model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "max_position_embeddings": 32, "rope_parameters": {"rope_theta": 50000.0, "rope_type": "default"}
+        });
+        let cfg = config_from_hf(&hf)?;
+        assert_eq!(cfg.rope_theta, 50000.0);
+        assert_eq!(cfg.head_dim, 4);
+        assert_eq!(cfg.num_kv_heads, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn dtype_parses_and_rejects() {
+        assert_eq!("Q8_0".parse::<WeightDtype>(), Ok(WeightDtype::Q8_0));
+        assert!("int4".parse::<WeightDtype>().unwrap_err().contains("int4"));
+    }
+}

@@ -1,0 +1,491 @@
+//! The policy backend: a [`Llama`] plus its tokenizer and a prefix cache,
+//! implementing [`PolicyBackend`] (chunk extension and top-k).
+//!
+//! One `extend` call runs every prefix of the request together: prefixes that
+//! miss the cache are prefilled in one pass, each prefix's cache is forked
+//! into its children, and each decoding step feeds the sampled token of every
+//! live child of every prefix in one forward pass. Every sampled token is fed,
+//! so a candidate's latent is the hidden state at its own last token and its
+//! cache is ready for the next chunk.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use ig_core::policy::{
+    Candidate, ExtendRequest, ExtendStats, FinishReason, NextTokens, PolicyBackend, PolicyInfo, Sampling,
+    TextCodec, TopKRequest, WorkControl,
+};
+use ig_core::RoleError;
+use rand_chacha::ChaCha8Rng;
+
+use crate::kv_cache::KvCache;
+use crate::llama::{Llama, Positions, Segment, WeightDtype};
+use crate::prefix_cache::{CachedGroup, PrefixCache};
+use crate::sampling::{child_rng, log_sum_exp, sample};
+use crate::tokenizer::TokenizerCodec;
+use crate::{ModelError, Result};
+
+/// How to load a policy.
+#[derive(Debug, Clone)]
+pub struct PolicyOptions {
+    /// A `.gguf` file, or a Hugging Face checkpoint directory.
+    pub model: PathBuf,
+    /// Weight format in memory.
+    pub dtype: WeightDtype,
+    /// Where to run.
+    pub device: Device,
+    /// Byte budget of the prefix cache (0 disables it).
+    pub prefix_cache_bytes: usize,
+}
+
+/// A causal LM ready to extend prefixes.
+pub struct LlamaPolicy {
+    model: Llama,
+    codec: Arc<TokenizerCodec>,
+    cache: PrefixCache,
+    info: PolicyInfo,
+}
+
+/// The computed state of one prefix before its children are drawn.
+struct Start {
+    kv: KvCache,
+    logits: Vec<f32>,
+    hidden: Tensor,
+}
+
+/// One child being generated.
+struct Child {
+    index: usize,
+    rng: ChaCha8Rng,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    finish: Option<FinishReason>,
+}
+
+/// The live children of one prefix, aligned with the rows of `kv`.
+struct Group {
+    prefix_index: usize,
+    prefix: Arc<[u32]>,
+    kv: KvCache,
+    children: Vec<Child>,
+    biases: Vec<(u32, f32)>,
+}
+
+impl LlamaPolicy {
+    /// Loads the model and its tokenizer.
+    pub fn load(opts: &PolicyOptions) -> Result<Self> {
+        let path = &opts.model;
+        let (model, codec) = if path.is_dir() {
+            let model = Llama::from_safetensors_dir(path, opts.dtype, &opts.device)?;
+            let (eos, bos) = hf_special_ids(path)?;
+            let codec = TokenizerCodec::from_hf_dir(path, &eos, bos)?;
+            (model, codec)
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            let (model, meta) = Llama::from_gguf(path, opts.dtype, &opts.device)?;
+            (model, TokenizerCodec::from_gguf(&meta)?)
+        } else if path.exists() {
+            return Err(ModelError::Unsupported(format!(
+                "{}: expected a .gguf file or a directory with config.json and safetensors",
+                path.display()
+            )));
+        } else {
+            return Err(ModelError::Io(format!("{}: no such file or directory", path.display())));
+        };
+        let cfg = model.config();
+        let info = PolicyInfo {
+            model_id: model_id(path),
+            architecture: "llama".into(),
+            vocab_size: cfg.vocab_size,
+            latent_dim: cfg.hidden_size,
+            eos_token_ids: codec.eos_ids().to_vec(),
+            bos_token_id: codec.bos_id(),
+            chat_template: codec.chat_template().unwrap_or_default().to_string(),
+            weight_dtype: model.weight_dtype().to_string(),
+            device: device_name(&opts.device),
+            max_position_embeddings: cfg.max_position_embeddings,
+        };
+        Ok(Self { model, codec: Arc::new(codec), cache: PrefixCache::new(opts.prefix_cache_bytes), info })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// The tokenizer and chat template.
+    pub fn tokenizer(&self) -> &Arc<TokenizerCodec> {
+        &self.codec
+    }
+
+    /// Bytes held by the prefix cache.
+    pub fn prefix_cache_bytes(&self) -> usize {
+        self.cache.used_bytes()
+    }
+
+    /// Computes (or finds in the cache) the state at the end of each sequence.
+    fn start_states(&mut self, sequences: &[&[u32]], stats: &mut ExtendStats) -> Result<Vec<Start>> {
+        let mut starts: Vec<Option<Start>> = Vec::with_capacity(sequences.len());
+        let mut to_feed: Vec<(usize, KvCache, usize)> = Vec::new(); // (sequence, cache, covered)
+        for (i, seq) in sequences.iter().enumerate() {
+            match self.cache.lookup(seq) {
+                Some(hit) if hit.len == seq.len() => {
+                    stats.cached_prefix_tokens += hit.len as u64;
+                    starts.push(Some(Start {
+                        kv: hit.group.kv.select_rows(&[hit.row])?,
+                        logits: hit.group.logits.get(hit.row)?.to_vec1()?,
+                        hidden: hit.group.hidden.get(hit.row)?,
+                    }));
+                }
+                Some(hit) => {
+                    stats.cached_prefix_tokens += hit.len as u64;
+                    to_feed.push((i, hit.group.kv.select_rows(&[hit.row])?, hit.len));
+                    starts.push(None);
+                }
+                None => {
+                    to_feed.push((i, self.model.new_cache(), 0));
+                    starts.push(None);
+                }
+            }
+        }
+        if !to_feed.is_empty() {
+            let mut segments: Vec<Segment<'_>> = to_feed
+                .iter_mut()
+                .map(|(i, kv, covered)| Segment { tokens: &sequences[*i][*covered..], rows: 1, cache: kv })
+                .collect();
+            let out = self.model.forward_segments(&mut segments, Positions::Last)?;
+            stats.forward_passes += 1;
+            for (row, (i, kv, covered)) in to_feed.into_iter().enumerate() {
+                stats.prefill_tokens += (sequences[i].len() - covered) as u64;
+                let logits = out.logits.get(row)?;
+                let hidden = out.hidden.get(row)?;
+                self.cache.insert(CachedGroup {
+                    kv: kv.clone(),
+                    logits: logits.unsqueeze(0)?.copy()?,
+                    hidden: hidden.unsqueeze(0)?.copy()?,
+                    rows: vec![Arc::from(sequences[i])],
+                })?;
+                starts[i] = Some(Start { kv, logits: logits.to_vec1()?, hidden });
+            }
+        }
+        Ok(starts.into_iter().map(|s| s.expect("every sequence started")).collect())
+    }
+
+    fn candidate(&self, g: &Group, c: &Child, latent: Option<Vec<f32>>) -> Result<Candidate> {
+        Ok(Candidate {
+            prefix_index: g.prefix_index,
+            child_index: c.index,
+            text: self.codec.decode_continuation(&g.prefix, &c.tokens)?,
+            token_ids: c.tokens.clone(),
+            token_logprobs: c.logprobs.clone(),
+            finish_reason: c.finish.unwrap_or(FinishReason::Chunk),
+            latent,
+            sequence_tokens: g.prefix.len() + c.tokens.len(),
+        })
+    }
+
+    fn extend_inner(
+        &mut self,
+        req: &ExtendRequest,
+        control: &WorkControl<'_>,
+        emit: &mut dyn FnMut(Vec<Candidate>),
+        stats: &mut ExtendStats,
+    ) -> Result<()> {
+        control.check()?;
+        let sequences: Vec<&[u32]> = req.prefixes.iter().map(|p| p.token_ids.as_slice()).collect();
+        let starts = self.start_states(&sequences, stats)?;
+        let stop: HashSet<u32> = self.info.eos_token_ids.iter().chain(&req.stop_token_ids).copied().collect();
+        let vocab = self.info.vocab_size;
+
+        let mut groups = Vec::with_capacity(req.prefixes.len());
+        // Per live row of every group (groups in order), its next-token logits.
+        let mut row_logits: Vec<Vec<f32>> = Vec::new();
+        for (i, (p, start)) in req.prefixes.iter().zip(starts).enumerate() {
+            let kv = if p.children == 1 { start.kv } else { start.kv.expand(p.children)? };
+            row_logits.extend(std::iter::repeat_n(start.logits, p.children));
+            groups.push(Group {
+                prefix_index: i,
+                prefix: Arc::from(p.token_ids.as_slice()),
+                kv,
+                children: (0..p.children)
+                    .map(|c| Child {
+                        index: c,
+                        rng: child_rng(req.sampling.seed, i, c),
+                        tokens: Vec::with_capacity(req.chunk_tokens),
+                        logprobs: Vec::with_capacity(req.chunk_tokens),
+                        finish: None,
+                    })
+                    .collect(),
+                biases: p.logit_biases.clone(),
+            });
+        }
+
+        let mut scratch = Vec::new();
+        let mut biased = vec![0f32; vocab];
+        for step in 0..req.chunk_tokens {
+            control.check()?;
+            // Draw one token for every live child.
+            let mut row = 0;
+            let mut fed: Vec<Vec<u32>> = Vec::with_capacity(groups.len());
+            for g in groups.iter_mut() {
+                let mut toks = Vec::with_capacity(g.children.len());
+                for c in g.children.iter_mut() {
+                    let logits = &row_logits[row];
+                    row += 1;
+                    let token = draw(logits, &g.biases, &req.sampling, &mut c.rng, &mut biased, &mut scratch);
+                    c.logprobs.push(logits[token as usize] - log_sum_exp(logits));
+                    c.tokens.push(token);
+                    let len = g.prefix.len() + c.tokens.len();
+                    c.finish = if stop.contains(&token) {
+                        Some(FinishReason::Stop)
+                    } else if len >= req.max_sequence_tokens {
+                        Some(FinishReason::Length)
+                    } else if step + 1 == req.chunk_tokens {
+                        Some(FinishReason::Chunk)
+                    } else {
+                        None
+                    };
+                    toks.push(token);
+                }
+                fed.push(toks);
+            }
+            stats.generated_tokens += row as u64;
+
+            // Feed them: the logits are the next step's, the hidden states
+            // are the latents of candidates that end here.
+            let out = {
+                let mut segments: Vec<Segment<'_>> = groups
+                    .iter_mut()
+                    .zip(&fed)
+                    .map(|(g, toks)| Segment { tokens: toks, rows: toks.len(), cache: &mut g.kv })
+                    .collect();
+                self.model.forward_segments(&mut segments, Positions::Last)?
+            };
+            stats.forward_passes += 1;
+            let flat: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
+            let hidden: Option<Vec<f32>> =
+                if req.with_latents { Some(out.hidden.flatten_all()?.to_vec1()?) } else { None };
+            let dim = self.info.latent_dim;
+
+            let mut finished = Vec::new();
+            let mut next_logits = Vec::with_capacity(row);
+            let mut base = 0;
+            for g in groups.iter_mut() {
+                let n = g.children.len();
+                let mut keep = Vec::with_capacity(n);
+                for (r, c) in g.children.iter().enumerate() {
+                    let at = base + r;
+                    match c.finish {
+                        None => {
+                            keep.push(r);
+                            next_logits.push(flat[at * vocab..(at + 1) * vocab].to_vec());
+                        }
+                        Some(_) => {
+                            let latent = hidden.as_ref().map(|h| h[at * dim..(at + 1) * dim].to_vec());
+                            finished.push(self.candidate(g, c, latent)?);
+                        }
+                    }
+                }
+                // Children that completed the chunk can be extended again:
+                // keep their state for the next call.
+                let resumable: Vec<usize> =
+                    (0..n).filter(|&r| g.children[r].finish == Some(FinishReason::Chunk)).collect();
+                if !resumable.is_empty() {
+                    let rows: Vec<Arc<[u32]>> = resumable
+                        .iter()
+                        .map(|&r| {
+                            let mut t = g.prefix.to_vec();
+                            t.extend_from_slice(&g.children[r].tokens);
+                            Arc::from(t)
+                        })
+                        .collect();
+                    let idx: Vec<u32> = resumable.iter().map(|&r| (base + r) as u32).collect();
+                    let idx = Tensor::new(idx.as_slice(), out.logits.device())?;
+                    let kv = if resumable.len() == n { g.kv.clone() } else { g.kv.select_rows(&resumable)? };
+                    self.cache.insert(CachedGroup {
+                        kv,
+                        logits: out.logits.index_select(&idx, 0)?,
+                        hidden: out.hidden.index_select(&idx, 0)?,
+                        rows,
+                    })?;
+                }
+                if keep.len() < n {
+                    if !keep.is_empty() {
+                        g.kv = g.kv.select_rows(&keep)?;
+                    }
+                    let mut i = 0;
+                    g.children.retain(|_| {
+                        i += 1;
+                        keep.contains(&(i - 1))
+                    });
+                }
+                base += n;
+            }
+            groups.retain(|g| !g.children.is_empty());
+            row_logits = next_logits;
+            if !finished.is_empty() {
+                emit(finished);
+            }
+            if groups.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies the prefix's biases (if any) and draws a token.
+fn draw(
+    logits: &[f32],
+    biases: &[(u32, f32)],
+    sampling: &Sampling,
+    rng: &mut ChaCha8Rng,
+    biased: &mut [f32],
+    scratch: &mut Vec<(f32, u32)>,
+) -> u32 {
+    if biases.is_empty() {
+        return sample(logits, sampling, rng, scratch);
+    }
+    biased.copy_from_slice(logits);
+    for &(id, b) in biases {
+        biased[id as usize] += b;
+    }
+    sample(biased, sampling, rng, scratch)
+}
+
+impl PolicyBackend for LlamaPolicy {
+    fn info(&self) -> PolicyInfo {
+        self.info.clone()
+    }
+
+    fn codec(&self) -> Arc<dyn TextCodec> {
+        self.codec.clone()
+    }
+
+    fn warm_up(&mut self) -> std::result::Result<(), RoleError> {
+        let ids = self.codec.tokenize("Hello! How are you today?", false)?;
+        let req = ExtendRequest {
+            prefixes: vec![ig_core::policy::PrefixSpec { token_ids: ids, children: 2, logit_biases: vec![] }],
+            chunk_tokens: 2,
+            sampling: Sampling::default(),
+            stop_token_ids: vec![],
+            max_sequence_tokens: self.info.max_position_embeddings,
+            with_latents: true,
+        };
+        self.extend(&req, &WorkControl::new(None, &|| false), &mut |_| {})?;
+        Ok(())
+    }
+
+    fn extend(
+        &mut self,
+        req: &ExtendRequest,
+        control: &WorkControl<'_>,
+        emit: &mut dyn FnMut(Vec<Candidate>),
+    ) -> std::result::Result<ExtendStats, RoleError> {
+        let started = Instant::now();
+        let mut stats = ExtendStats::default();
+        self.extend_inner(req, control, emit, &mut stats).map_err(RoleError::from)?;
+        stats.compute = started.elapsed();
+        Ok(stats)
+    }
+
+    fn top_k_next(
+        &mut self,
+        req: &TopKRequest,
+        control: &WorkControl<'_>,
+    ) -> std::result::Result<Vec<NextTokens>, RoleError> {
+        control.check()?;
+        let seqs: Vec<&[u32]> = req.sequences.iter().map(Vec::as_slice).collect();
+        let starts = self.start_states(&seqs, &mut ExtendStats::default()).map_err(RoleError::from)?;
+        starts
+            .into_iter()
+            .map(|s| {
+                let lse = log_sum_exp(&s.logits);
+                let mut order: Vec<u32> = (0..s.logits.len() as u32).collect();
+                let k = req.k.min(order.len());
+                let by_logit = |a: &u32, b: &u32| s.logits[*b as usize].total_cmp(&s.logits[*a as usize]).then(a.cmp(b));
+                if k < order.len() {
+                    order.select_nth_unstable_by(k - 1, by_logit);
+                }
+                order.truncate(k);
+                order.sort_unstable_by(by_logit);
+                let logits: Vec<f32> = order.iter().map(|&i| s.logits[i as usize]).collect();
+                let texts = order.iter().map(|&i| self.codec.detokenize(&[i], false)).collect::<std::result::Result<_, _>>()?;
+                Ok(NextTokens {
+                    texts,
+                    logprobs: logits.iter().map(|l| l - lse).collect(),
+                    logits,
+                    token_ids: order,
+                    latent: if req.with_latents {
+                        Some(s.hidden.to_vec1().map_err(|e| RoleError::from(ModelError::from(e)))?)
+                    } else {
+                        None
+                    },
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, RoleError>>()
+    }
+}
+
+/// EOS and BOS ids named by a Hugging Face checkpoint's `generation_config.json`
+/// (preferred) or `config.json`.
+fn hf_special_ids(dir: &Path) -> Result<(Vec<u32>, Option<u32>)> {
+    let ids = |v: Option<&serde_json::Value>| -> Vec<u32> {
+        match v {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+            _ => vec![],
+        }
+    };
+    let mut eos = Vec::new();
+    let mut bos = None;
+    for name in ["generation_config.json", "config.json"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(name)) else { continue };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Format(format!("{name}: {e}")))?;
+        if eos.is_empty() {
+            eos = ids(json.get("eos_token_id"));
+        }
+        if bos.is_none() {
+            bos = ids(json.get("bos_token_id")).first().copied();
+        }
+    }
+    Ok((eos, bos))
+}
+
+fn model_id(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+}
+
+/// "cpu" or "cuda:N".
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// Parses "cpu" or "cuda[:N]" into a device. CUDA needs the `cuda` feature.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match spec.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| ModelError::Unsupported(format!("device {spec:?}: expected cpu, cuda or cuda:N")))?,
+        None => return Err(ModelError::Unsupported(format!("device {spec:?}: expected cpu, cuda or cuda:N"))),
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(ModelError::Unsupported(format!(
+            "device {spec:?}: this binary was built without CUDA; rebuild with `--features cuda` or use cpu"
+        )));
+    }
+    Ok(Device::new_cuda(ordinal)?)
+}
