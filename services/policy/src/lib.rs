@@ -1,1 +1,141 @@
-//! placeholder
+//! The policy role: serves a Llama-family causal LM over
+//! `inferenceguard.v1.PolicyService`.
+//!
+//! A thin layer: [`PolicyArgs`] (flags and env vars) become the model options
+//! and limits; [`run`] loads the model on its own thread ([`ig_serve::Engine`])
+//! and serves [`service::PolicyServer`] with health and reflection.
+
+pub mod service;
+pub mod validate;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use ig_core::policy::{PolicyBackend, PolicyLimits};
+use ig_models::llama::WeightDtype;
+use ig_models::policy::{parse_device, LlamaPolicy, PolicyOptions};
+use ig_proto::v1::policy_service_server::PolicyServiceServer;
+use ig_serve::{Engine, ServeOptions};
+use tokio::net::TcpListener;
+
+pub use service::{PolicyServer, SERVICE_NAME};
+
+/// Flags of the policy server. Every flag also reads an `IG_*` variable.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// A `.gguf` file or a Hugging Face checkpoint directory. Default: the
+    /// demo model SmolLM2-135M-Instruct from the asset cache (fetched if missing).
+    #[arg(long, env = "IG_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Weight format in memory: native (as stored), q8_0, f32, f16, bf16.
+    /// f32 is fastest for batched decoding on CPU.
+    #[arg(long, env = "IG_DTYPE", default_value = "f32")]
+    pub dtype: WeightDtype,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, env = "IG_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Address to listen on.
+    #[arg(long, env = "IG_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Byte budget of the prefix cache, in MiB (0 disables it).
+    #[arg(long, env = "IG_PREFIX_CACHE_MB", default_value_t = 1024)]
+    pub prefix_cache_mb: usize,
+    /// Requests that may wait for the model thread; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "IG_QUEUE_DEPTH", default_value_t = 64)]
+    pub queue_depth: usize,
+    /// Longest sequence (prefix plus generated), in tokens; capped by the
+    /// model's context.
+    #[arg(long, env = "IG_MAX_SEQUENCE_TOKENS", default_value_t = PolicyLimits::default().max_sequence_tokens)]
+    pub max_sequence_tokens: usize,
+    /// Most prefixes per request.
+    #[arg(long, env = "IG_MAX_PREFIXES", default_value_t = PolicyLimits::default().max_prefixes)]
+    pub max_prefixes: usize,
+    /// Most children of one prefix.
+    #[arg(long, env = "IG_MAX_CHILDREN_PER_PREFIX", default_value_t = PolicyLimits::default().max_children_per_prefix)]
+    pub max_children_per_prefix: usize,
+    /// Most candidates per request.
+    #[arg(long, env = "IG_MAX_CANDIDATES", default_value_t = PolicyLimits::default().max_candidates)]
+    pub max_candidates: usize,
+    /// Largest chunk, in tokens.
+    #[arg(long, env = "IG_MAX_CHUNK_TOKENS", default_value_t = PolicyLimits::default().max_chunk_tokens)]
+    pub max_chunk_tokens: usize,
+    /// Largest k of TopKNext.
+    #[arg(long, env = "IG_MAX_TOP_K", default_value_t = PolicyLimits::default().max_top_k)]
+    pub max_top_k: usize,
+    /// Most logit biases on one prefix.
+    #[arg(long, env = "IG_MAX_LOGIT_BIASES", default_value_t = PolicyLimits::default().max_logit_biases)]
+    pub max_logit_biases: usize,
+    /// Largest text for Tokenize and RenderChat, in bytes.
+    #[arg(long, env = "IG_MAX_TEXT_BYTES", default_value_t = PolicyLimits::default().max_text_bytes)]
+    pub max_text_bytes: usize,
+    /// Largest request message, in bytes.
+    #[arg(long, env = "IG_MAX_MESSAGE_BYTES", default_value_t = PolicyLimits::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+}
+
+impl PolicyArgs {
+    /// The limits these flags set.
+    pub fn limits(&self) -> PolicyLimits {
+        PolicyLimits {
+            max_sequence_tokens: self.max_sequence_tokens,
+            max_prefixes: self.max_prefixes,
+            max_children_per_prefix: self.max_children_per_prefix,
+            max_candidates: self.max_candidates,
+            max_chunk_tokens: self.max_chunk_tokens,
+            max_top_k: self.max_top_k,
+            max_logit_biases: self.max_logit_biases,
+            max_text_bytes: self.max_text_bytes,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+
+    /// The model file: `--model`, or the demo model from the asset cache.
+    pub fn model_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => Ok(ig_assets::smollm2_gguf()?),
+        }
+    }
+}
+
+/// Loads the model described by `args` on a model thread. Returns at once;
+/// the engine reports when the model is ready.
+pub fn start_engine(args: &PolicyArgs) -> anyhow::Result<Engine<LlamaPolicy>> {
+    let opts = PolicyOptions {
+        model: args.model_path()?,
+        dtype: args.dtype,
+        device: parse_device(&args.device)?,
+        prefix_cache_bytes: args.prefix_cache_mb << 20,
+    };
+    tracing::info!(model = %opts.model.display(), dtype = ?opts.dtype, device = %args.device, "loading the policy model");
+    Ok(Engine::spawn("policy", args.queue_depth, move || {
+        let mut policy = LlamaPolicy::load(&opts)?;
+        policy.warm_up()?;
+        Ok(policy)
+    })?)
+}
+
+/// Serves the policy on `listener` until `shutdown` resolves.
+pub async fn run(args: PolicyArgs, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let engine = start_engine(&args)?;
+    let limits = args.limits();
+    // The transport accepts up to 4x the documented limit so that the handler,
+    // not the transport, rejects a too-large request with a message naming
+    // max_message_bytes.
+    let transport_cap = limits.max_message_bytes.saturating_mul(4);
+    let state = engine.watch_state();
+    let service = PolicyServiceServer::new(PolicyServer::new(engine, limits))
+        .max_decoding_message_size(transport_cap)
+        .max_encoding_message_size(usize::MAX);
+    ig_serve::serve(
+        listener,
+        tonic::service::Routes::new(service),
+        state,
+        ServeOptions::new(vec![SERVICE_NAME]),
+        shutdown,
+    )
+    .await
+}

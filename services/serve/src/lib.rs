@@ -1,1 +1,21 @@
-//! placeholder
+//! Server plumbing shared by every role of InferenceGuard Mesh.
+//!
+//! - [`engine`]: the model thread. One OS thread owns the model and its
+//!   caches; async handlers send it jobs and await replies, so a forward pass
+//!   never blocks a tokio worker.
+//! - [`server`]: `serve(listener, routes, ...)`: the role's tonic routes plus
+//!   `grpc.health.v1` (NOT_SERVING until the model is warm) and server
+//!   reflection, with graceful shutdown.
+//! - [`status`]: the one mapping from [`ig_core::RoleError`] to gRPC status,
+//!   and deadline parsing.
+//! - [`telemetry`]: structured logs, OpenTelemetry traces and metrics,
+//!   Prometheus scraping.
+
+pub mod engine;
+pub mod server;
+pub mod status;
+pub mod telemetry;
+
+pub use engine::Engine;
+pub use server::{serve, ServeOptions};
+pub use status::{deadline_of, role_status};

@@ -1,0 +1,123 @@
+//! A typed client of `inferenceguard.v1.PolicyService` that keeps gRPC
+//! status codes (callers retry UNAVAILABLE on another replica, never
+//! INVALID_ARGUMENT).
+
+use std::time::{Duration, Instant};
+
+use ig_proto::v1 as pb;
+use ig_proto::v1::policy_service_client::PolicyServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Name of the policy service in `grpc.health.v1`.
+pub const POLICY_SERVICE: &str = "inferenceguard.v1.PolicyService";
+
+/// Why a call to a role failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint could not be reached or parsed.
+    #[error("{endpoint}: {message}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The role answered with an error status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+    /// The role did not become ready in time.
+    #[error("{endpoint} was not ready after {waited:?}: {last}")]
+    NotReady {
+        /// The endpoint.
+        endpoint: String,
+        /// How long we waited.
+        waited: Duration,
+        /// The last health answer or error.
+        last: String,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code, for retry decisions.
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Status(s) => s.code(),
+            _ => Code::Unavailable,
+        }
+    }
+}
+
+/// A connection to one policy endpoint.
+#[derive(Debug, Clone)]
+pub struct PolicyClient {
+    endpoint: String,
+    channel: Channel,
+    inner: PolicyServiceClient<Channel>,
+}
+
+impl PolicyClient {
+    /// Connects lazily to `endpoint` (e.g. `http://127.0.0.1:50051`).
+    pub fn connect_lazy(endpoint: &str) -> Result<Self, ClientError> {
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| ClientError::Connect { endpoint: endpoint.into(), message: e.to_string() })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let inner = PolicyServiceClient::new(channel.clone())
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        Ok(Self { endpoint: endpoint.into(), channel, inner })
+    }
+
+    /// Waits until the policy's health check says SERVING (the model is
+    /// loaded and warm), polling every 200 ms for at most `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClientError> {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let started = Instant::now();
+        loop {
+            let req = tonic_health::pb::HealthCheckRequest { service: POLICY_SERVICE.into() };
+            let last = match health.check(req).await {
+                Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => {
+                    return Ok(())
+                }
+                Ok(r) => format!("health status {:?}", r.get_ref().status()),
+                Err(s) => format!("{}: {}", s.code(), s.message()),
+            };
+            if started.elapsed() >= timeout {
+                return Err(ClientError::NotReady { endpoint: self.endpoint.clone(), waited: timeout, last });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The model and the server's limits.
+    pub async fn info(&self) -> Result<pb::PolicyInfoResponse, ClientError> {
+        Ok(self.inner.clone().info(pb::PolicyInfoRequest {}).await?.into_inner())
+    }
+
+    /// Renders a conversation with the model's template; returns text and ids.
+    pub async fn render_chat(&self, messages: Vec<pb::ChatMessage>) -> Result<pb::RenderChatResponse, ClientError> {
+        let req = pb::RenderChatRequest { messages, add_generation_prompt: true };
+        Ok(self.inner.clone().render_chat(req).await?.into_inner())
+    }
+
+    /// Detokenizes ids.
+    pub async fn detokenize(&self, token_ids: Vec<i32>, skip_special_tokens: bool) -> Result<String, ClientError> {
+        let req = pb::DetokenizeRequest { token_ids, skip_special_tokens };
+        Ok(self.inner.clone().detokenize(req).await?.into_inner().text)
+    }
+
+    /// Starts a chunk extension; candidates arrive on the returned stream.
+    pub async fn extend_chunk(
+        &self,
+        req: pb::ExtendChunkRequest,
+    ) -> Result<tonic::Streaming<pb::ExtendChunkResponse>, ClientError> {
+        Ok(self.inner.clone().extend_chunk(req).await?.into_inner())
+    }
+
+    /// Top-k next tokens of each sequence.
+    pub async fn top_k_next(&self, req: pb::TopKNextRequest) -> Result<pb::TopKNextResponse, ClientError> {
+        Ok(self.inner.clone().top_k_next(req).await?.into_inner())
+    }
+}
