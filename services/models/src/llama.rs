@@ -180,7 +180,9 @@ pub struct Llama {
     embed: Tensor,
     layers: Vec<Block>,
     norm: Tensor,
-    lm_head: Linear,
+    /// `None` for a trunk loaded to score (see [`Llama::trunk_from_safetensors_dir`]):
+    /// a score head reads hidden states and must not pay for logits.
+    lm_head: Option<Linear>,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -301,11 +303,12 @@ impl Llama {
         }
         let norm = tensor("output_norm.weight".into())?.dequantize(device)?.to_dtype(act)?;
         let weight_dtype = match dtype {
-            WeightDtype::Native => format!("{:?}", layers[0].wq_dtype_name()).to_lowercase(),
+            WeightDtype::Native => layers[0].wq_dtype_name().to_lowercase(),
             other => dtype_name(other).into(),
         };
         let (cos, sin) = rope_tables(&cfg, act, device)?;
-        let model = Self { cfg, embed, layers, norm, lm_head, cos, sin, device: device.clone(), act_dtype: act, weight_dtype };
+        let model =
+            Self { cfg, embed, layers, norm, lm_head: Some(lm_head), cos, sin, device: device.clone(), act_dtype: act, weight_dtype };
         Ok((model, meta))
     }
 
@@ -313,6 +316,23 @@ impl Llama {
     /// `model.safetensors` or the shards listed in
     /// `model.safetensors.index.json`.
     pub fn from_safetensors_dir(dir: &Path, dtype: WeightDtype, device: &Device) -> Result<Self> {
+        Ok(Self::load_hf(dir, dtype, device, true)?.0)
+    }
+
+    /// Loads the trunk of a Hugging Face checkpoint directory without its LM
+    /// head, as score models need it (`LlamaForSequenceClassification`,
+    /// PKU-Alignment's `LlamaForScore`). Returns the model and the tensors
+    /// the trunk did not use (the score head, a normaliser; an
+    /// `lm_head.weight` is dropped).
+    pub fn trunk_from_safetensors_dir(
+        dir: &Path,
+        dtype: WeightDtype,
+        device: &Device,
+    ) -> Result<(Self, HashMap<String, Tensor>)> {
+        Self::load_hf(dir, dtype, device, false)
+    }
+
+    fn load_hf(dir: &Path, dtype: WeightDtype, device: &Device, with_lm_head: bool) -> Result<(Self, HashMap<String, Tensor>)> {
         let cfg_text = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| ModelError::Io(format!("{}: {e}", dir.join("config.json").display())))?;
         let hf: serde_json::Value = serde_json::from_str(&cfg_text)
@@ -354,8 +374,9 @@ impl Llama {
         }
         let norm = take("model.norm.weight")?.to_dtype(act)?;
         let lm_head = match weights.remove("lm_head.weight") {
-            Some(w) => Linear::from_dense(w, dtype, act)?,
-            None if cfg.tie_word_embeddings => Linear::from_dense(embed.clone(), dtype, act)?,
+            _ if !with_lm_head => None,
+            Some(w) => Some(Linear::from_dense(w, dtype, act)?),
+            None if cfg.tie_word_embeddings => Some(Linear::from_dense(embed.clone(), dtype, act)?),
             None => {
                 return Err(ModelError::Format(
                     "missing tensor \"lm_head.weight\" and tie_word_embeddings is false".into(),
@@ -367,7 +388,8 @@ impl Llama {
             other => dtype_name(other).into(),
         };
         let (cos, sin) = rope_tables(&cfg, act, device)?;
-        Ok(Self { cfg, embed, layers, norm, lm_head, cos, sin, device: device.clone(), act_dtype: act, weight_dtype })
+        let model = Self { cfg, embed, layers, norm, lm_head, cos, sin, device: device.clone(), act_dtype: act, weight_dtype };
+        Ok((model, weights))
     }
 
     /// The resolved architecture.
@@ -385,6 +407,16 @@ impl Llama {
         &self.weight_dtype
     }
 
+    /// Whether the model was loaded with its LM head (a scoring trunk is not).
+    pub fn has_lm_head(&self) -> bool {
+        self.lm_head.is_some()
+    }
+
+    /// The activation dtype (f32 on CPU).
+    pub fn activation_dtype(&self) -> DType {
+        self.act_dtype
+    }
+
     /// An empty cache for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.cfg.num_layers)
@@ -398,8 +430,28 @@ impl Llama {
 
     /// Runs several segments in one pass. The output rows follow the
     /// segments' order (and within a segment, its rows; with
-    /// [`Positions::All`], every position of each row).
+    /// [`Positions::All`], every position of each row). Fails on a trunk
+    /// loaded without its LM head (use [`Llama::hidden_segments`]).
     pub fn forward_segments(&self, segments: &mut [Segment<'_>], positions: Positions) -> Result<ForwardOutput> {
+        // Checked before any cache is extended, so a failed call changes nothing.
+        let lm_head = self
+            .lm_head
+            .as_ref()
+            .ok_or_else(|| ModelError::Unsupported("this model was loaded without its LM head (a scoring trunk)".into()))?;
+        let hidden = self.trunk_forward(segments, positions)?;
+        let logits = lm_head.forward(&hidden)?;
+        Ok(ForwardOutput { logits: logits.to_dtype(DType::F32)?, hidden: hidden.to_dtype(DType::F32)? })
+    }
+
+    /// Like [`Llama::forward_segments`] but stops at the final norm: the
+    /// `(positions, hidden)` f32 hidden states, without computing logits
+    /// (what a score head reads).
+    pub fn hidden_segments(&self, segments: &mut [Segment<'_>], positions: Positions) -> Result<Tensor> {
+        Ok(self.trunk_forward(segments, positions)?.to_dtype(DType::F32)?)
+    }
+
+    /// The blocks and the final norm, in the activation dtype.
+    fn trunk_forward(&self, segments: &mut [Segment<'_>], positions: Positions) -> Result<Tensor> {
         let mut shapes = Vec::with_capacity(segments.len());
         let mut all_tokens = Vec::new();
         for (i, s) in segments.iter().enumerate() {
@@ -483,9 +535,7 @@ impl Llama {
                 x.index_select(&idx, 0)?
             }
         };
-        let hidden = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        let logits = self.lm_head.forward(&hidden)?;
-        Ok(ForwardOutput { logits: logits.to_dtype(DType::F32)?, hidden: hidden.to_dtype(DType::F32)? })
+        Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
 
     /// Attention of one segment: `q`, `k`, `v` are `(rows * t, heads * head_dim)`.
