@@ -5,9 +5,11 @@
 //! `ig-serve` and the role binaries put them behind tonic.
 //!
 //! - [`policy`]: the causal LM role (chunk extension, top-k, text codec).
+//! - [`scorer`]: the score model role (cost or reward of (prompt, response)).
 //! - [`error`]: [`RoleError`], the one error type a role reports.
 
 pub mod error;
 pub mod policy;
+pub mod scorer;
 
 pub use error::RoleError;

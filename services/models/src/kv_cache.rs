@@ -100,3 +100,55 @@ impl KvCache {
         self.len += t;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// A 2-layer cache of `rows` rows and `len` positions whose keys hold
+    /// `100 * row + position` (values the negation), one head of width 1.
+    fn filled(rows: usize, len: usize) -> Result<KvCache> {
+        let mut c = KvCache::new(2);
+        let data: Vec<f32> = (0..rows).flat_map(|r| (0..len).map(move |p| (100 * r + p) as f32)).collect();
+        let k = Tensor::from_vec(data, (rows, 1, len, 1), &Device::Cpu)?;
+        for layer in 0..2 {
+            c.append(layer, k.clone(), k.neg()?)?;
+        }
+        c.advance(rows, len);
+        Ok(c)
+    }
+
+    fn keys(c: &KvCache, layer: usize) -> Vec<Vec<f32>> {
+        let (k, _) = c.layers[layer].as_ref().unwrap();
+        k.squeeze(3).unwrap().squeeze(1).unwrap().to_vec2().unwrap()
+    }
+
+    #[test]
+    fn rows_can_be_kept_duplicated_and_reordered() -> Result<()> {
+        let c = filled(3, 2)?;
+        let s = c.select_rows(&[2, 0, 0])?;
+        assert_eq!((s.rows(), s.len()), (3, 2));
+        assert_eq!(keys(&s, 1), vec![vec![200., 201.], vec![0., 1.], vec![0., 1.]]);
+        let (_, v) = s.layers[0].as_ref().unwrap();
+        assert_eq!(v.dtype(), DType::F32);
+        assert!(c.select_rows(&[3]).is_err(), "row out of range");
+        Ok(())
+    }
+
+    #[test]
+    fn forks_grow_independently() -> Result<()> {
+        let base = filled(1, 2)?;
+        let mut fork = base.expand(2)?;
+        let new = Tensor::from_vec(vec![7f32, 8.], (2, 1, 1, 1), &Device::Cpu)?;
+        fork.append(0, new.clone(), new.clone())?;
+        fork.append(1, new.clone(), new)?;
+        fork.advance(2, 1);
+        assert_eq!(keys(&fork, 0), vec![vec![0., 1., 7.], vec![0., 1., 8.]]);
+        assert_eq!((base.rows(), base.len()), (1, 2), "the original is untouched");
+        assert_eq!(keys(&base, 0), vec![vec![0., 1.]]);
+        assert!(fork.expand(3).is_err(), "only one-row caches expand");
+        assert_eq!(fork.size_bytes(), 2 * 2 * 2 * 3 * 4);
+        Ok(())
+    }
+}

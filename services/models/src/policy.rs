@@ -85,7 +85,19 @@ impl LlamaPolicy {
             (model, codec)
         } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
             let (model, meta) = Llama::from_gguf(path, opts.dtype, &opts.device)?;
-            (model, TokenizerCodec::from_gguf(&meta)?)
+            // A tokenizer.json beside the file wins over the one rebuilt from metadata.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let codec = if dir.join("tokenizer.json").exists() {
+                let eos = meta
+                    .get("tokenizer.ggml.eos_token_id")
+                    .and_then(|v| v.to_u32().ok())
+                    .into_iter()
+                    .collect::<Vec<_>>();
+                TokenizerCodec::from_hf_dir(dir, &eos, None)?
+            } else {
+                TokenizerCodec::from_gguf(&meta)?
+            };
+            (model, codec)
         } else if path.exists() {
             return Err(ModelError::Unsupported(format!(
                 "{}: expected a .gguf file or a directory with config.json and safetensors",
