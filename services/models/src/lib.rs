@@ -8,12 +8,17 @@
 //! - [`sampling`]: temperature, top-k, top-p, seeded per-child streams.
 //! - [`prefix_cache`]: byte-bounded reuse of computed prefixes.
 //! - [`policy`]: the [`ig_core::policy::PolicyBackend`] built from them.
+//! - [`encoder`]: a BERT-family sentence encoder (MiniLM) with mean/CLS pooling.
+//! - [`score_head`]: our score head file: a linear head over sentence
+//!   embeddings, safetensors plus metadata.
 
+pub mod encoder;
 pub mod kv_cache;
 pub mod llama;
 pub mod policy;
 pub mod prefix_cache;
 pub mod sampling;
+pub mod score_head;
 pub mod tokenizer;
 
 use ig_core::RoleError;
