@@ -11,6 +11,8 @@
 //! - [`encoder`]: a BERT-family sentence encoder (MiniLM) with mean/CLS pooling.
 //! - [`score_head`]: our score head file: a linear head over sentence
 //!   embeddings, safetensors plus metadata.
+//! - [`scorer`]: the [`ig_core::scorer::ScorerBackend`]: score models over
+//!   encoder or Llama trunks, in our head format and the public ones.
 
 pub mod encoder;
 pub mod kv_cache;
@@ -19,6 +21,7 @@ pub mod policy;
 pub mod prefix_cache;
 pub mod sampling;
 pub mod score_head;
+pub mod scorer;
 pub mod tokenizer;
 
 use ig_core::RoleError;
