@@ -10,6 +10,7 @@
 mod assets_cmd;
 mod bench;
 mod extend_cmd;
+mod train_head;
 mod up;
 
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ enum Command {
     Extend(extend_cmd::ExtendArgs),
     /// Fetch the assets, start the mesh on loopback, extend one prompt, stop.
     Demo(up::DemoArgs),
+    /// Train a demo cost or reward head on frozen MiniLM features (docs/models.md).
+    TrainHead(train_head::TrainHeadArgs),
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -95,5 +98,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Extend(args) => extend_cmd::run(args).await,
         Command::Demo(args) => up::demo(args, cli.log_format).await,
         Command::Bench { target } => bench::run(target),
+        Command::TrainHead(args) => train_head::run(args),
     }
 }
