@@ -34,7 +34,7 @@ ARG CARGO_FEATURES=""
 # Compute capability candle's CUDA kernels are compiled for (read only by the CUDA build).
 ARG CUDA_COMPUTE_CAP=90
 # The build fails unless every one of these binaries was built.
-ARG REQUIRED_BINS="inferenceguard ig-policy ig-scorer ig-critic"
+ARG REQUIRED_BINS="inferenceguard ig-policy ig-scorer"
 
 ENV RUSTUP_HOME=/usr/local/rustup \
     CARGO_HOME=/usr/local/cargo \
@@ -97,6 +97,8 @@ RUN groupadd --system --gid 10001 inferenceguard \
  && chown 10001:10001 /models
 
 COPY --from=builder /out/bin/ /usr/local/bin/
+# The demo score heads (a few KB each; see docs/models.md).
+COPY models/ /opt/inferenceguard/models/
 
 # Defaults only; Kubernetes sets these per role (every flag also reads its IG_* variable).
 ENV INFERENCEGUARD_HOME=/models \

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
-use ig_orchestrator::PolicyClient;
+use ig_orchestrator::{PolicyClient, ScorerClient};
 use ig_proto::v1 as pb;
 
 #[derive(Debug, Clone, Args)]
@@ -16,6 +16,12 @@ pub struct ExtendArgs {
     pub policy: String,
     #[command(flatten)]
     pub sampling: SampleArgs,
+    /// Also score each child with this cost scorer (e.g. http://127.0.0.1:50052).
+    #[arg(long)]
+    pub cost: Option<String>,
+    /// Also score each child with this reward scorer (e.g. http://127.0.0.1:50053).
+    #[arg(long)]
+    pub reward: Option<String>,
 }
 
 /// How many children to draw and how.
@@ -41,11 +47,22 @@ pub struct SampleArgs {
 pub async fn run(args: ExtendArgs) -> anyhow::Result<()> {
     let client = PolicyClient::connect_lazy(&args.policy)?;
     client.wait_ready(Duration::from_secs(30)).await?;
-    extend_and_print(&client, &args.prompt, &args.sampling).await
+    let scorers = match (&args.cost, &args.reward) {
+        (Some(c), Some(r)) => Some((ScorerClient::connect_lazy(c)?, ScorerClient::connect_lazy(r)?)),
+        (None, None) => None,
+        _ => anyhow::bail!("--cost and --reward go together"),
+    };
+    extend_and_print(&client, &args.prompt, &args.sampling, scorers.as_ref().map(|(c, r)| (c, r))).await
 }
 
-/// Renders `prompt` as a user turn, draws the children, prints them.
-pub async fn extend_and_print(client: &PolicyClient, prompt: &str, s: &SampleArgs) -> anyhow::Result<()> {
+/// Renders `prompt` as a user turn, draws the children, prints them (with
+/// their cost and reward when scorers are given).
+pub async fn extend_and_print(
+    client: &PolicyClient,
+    prompt: &str,
+    s: &SampleArgs,
+    scorers: Option<(&ScorerClient, &ScorerClient)>,
+) -> anyhow::Result<()> {
     let info = client.info().await?;
     let rendered = client
         .render_chat(vec![pb::ChatMessage { role: "user".into(), content: prompt.into() }])
@@ -75,7 +92,15 @@ pub async fn extend_and_print(client: &PolicyClient, prompt: &str, s: &SampleArg
         }
     }
     candidates.sort_by_key(|c| c.child_index);
-    for c in &candidates {
+    let scores = match scorers {
+        Some((cost, reward)) => {
+            let pairs: Vec<(&str, &str)> = candidates.iter().map(|c| (prompt, c.text.as_str())).collect();
+            let (c, r) = tokio::try_join!(cost.score(&pairs), reward.score(&pairs))?;
+            Some((c, r))
+        }
+        None => None,
+    };
+    for (i, c) in candidates.iter().enumerate() {
         let finish = pb::FinishReason::try_from(c.finish_reason).map(|f| f.as_str_name()).unwrap_or("?");
         let latent = c.latent.as_ref().map(|l| l.values.len()).unwrap_or(0);
         println!(
@@ -86,6 +111,10 @@ pub async fn extend_and_print(client: &PolicyClient, prompt: &str, s: &SampleArg
             finish.trim_start_matches("FINISH_REASON_").to_lowercase(),
             latent
         );
+        if let Some((cost, reward)) = &scores {
+            let verdict = if cost[i] > 0.0 { "UNSAFE" } else { "safe" };
+            println!("    cost C = {:+.3} ({verdict}), reward R = {:+.3}", cost[i], reward[i]);
+        }
         println!("{}", c.text.trim_end());
     }
     if let Some(st) = stats {

@@ -10,6 +10,7 @@
 mod assets_cmd;
 mod bench;
 mod extend_cmd;
+mod score_cmd;
 mod train_head;
 mod up;
 
@@ -48,6 +49,8 @@ enum Command {
     Up(up::UpArgs),
     /// Extend a prompt by one chunk with a running policy and print the children.
     Extend(extend_cmd::ExtendArgs),
+    /// Score a (prompt, response) pair with a running scorer (cost or reward model).
+    Score(score_cmd::ScoreArgs),
     /// Fetch the assets, start the mesh on loopback, extend one prompt, stop.
     Demo(up::DemoArgs),
     /// Train a demo cost or reward head on frozen MiniLM features (docs/models.md).
@@ -65,6 +68,14 @@ enum ServeRole {
     Policy {
         #[command(flatten)]
         args: ig_policy::PolicyArgs,
+        /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9000).
+        #[arg(long, env = "IG_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// A score model: the cost model or the reward model.
+    Scorer {
+        #[command(flatten)]
+        args: ig_scorer::ScorerArgs,
         /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9000).
         #[arg(long, env = "IG_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
@@ -94,6 +105,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
             ig_policy::run(args, listener, ig_serve::server::shutdown_signal()).await
         }
+        Command::Serve { role: ServeRole::Scorer { args, metrics_listen } } => {
+            let _telemetry = ig_serve::telemetry::init("ig-scorer", cli.log_format, metrics_listen)?;
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
+            ig_scorer::run(args, listener, ig_serve::server::shutdown_signal()).await
+        }
+        Command::Score(args) => score_cmd::run(args).await,
         Command::Up(args) => up::up(args, cli.log_format).await,
         Command::Extend(args) => extend_cmd::run(args).await,
         Command::Demo(args) => up::demo(args, cli.log_format).await,

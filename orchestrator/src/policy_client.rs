@@ -2,51 +2,17 @@
 //! status codes (callers retry UNAVAILABLE on another replica, never
 //! INVALID_ARGUMENT).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ig_proto::v1 as pb;
 use ig_proto::v1::policy_service_client::PolicyServiceClient;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::transport::Channel;
+
+pub use crate::channel::ClientError;
+use crate::channel::{connect_lazy, wait_serving};
 
 /// Name of the policy service in `grpc.health.v1`.
 pub const POLICY_SERVICE: &str = "inferenceguard.v1.PolicyService";
-
-/// Why a call to a role failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The endpoint could not be reached or parsed.
-    #[error("{endpoint}: {message}")]
-    Connect {
-        /// The endpoint.
-        endpoint: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The role answered with an error status.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] Status),
-    /// The role did not become ready in time.
-    #[error("{endpoint} was not ready after {waited:?}: {last}")]
-    NotReady {
-        /// The endpoint.
-        endpoint: String,
-        /// How long we waited.
-        waited: Duration,
-        /// The last health answer or error.
-        last: String,
-    },
-}
-
-impl ClientError {
-    /// The gRPC code, for retry decisions.
-    pub fn code(&self) -> Code {
-        match self {
-            ClientError::Status(s) => s.code(),
-            _ => Code::Unavailable,
-        }
-    }
-}
 
 /// A connection to one policy endpoint.
 #[derive(Debug, Clone)]
@@ -59,11 +25,7 @@ pub struct PolicyClient {
 impl PolicyClient {
     /// Connects lazily to `endpoint` (e.g. `http://127.0.0.1:50051`).
     pub fn connect_lazy(endpoint: &str) -> Result<Self, ClientError> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| ClientError::Connect { endpoint: endpoint.into(), message: e.to_string() })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = connect_lazy(endpoint)?;
         let inner = PolicyServiceClient::new(channel.clone())
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);
@@ -71,24 +33,9 @@ impl PolicyClient {
     }
 
     /// Waits until the policy's health check says SERVING (the model is
-    /// loaded and warm), polling every 200 ms for at most `timeout`.
+    /// loaded and warm), for at most `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClientError> {
-        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
-        let started = Instant::now();
-        loop {
-            let req = tonic_health::pb::HealthCheckRequest { service: POLICY_SERVICE.into() };
-            let last = match health.check(req).await {
-                Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => {
-                    return Ok(())
-                }
-                Ok(r) => format!("health status {:?}", r.get_ref().status()),
-                Err(s) => format!("{}: {}", s.code(), s.message()),
-            };
-            if started.elapsed() >= timeout {
-                return Err(ClientError::NotReady { endpoint: self.endpoint.clone(), waited: timeout, last });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_serving(&self.channel, &self.endpoint, POLICY_SERVICE, timeout).await
     }
 
     /// The model and the server's limits.

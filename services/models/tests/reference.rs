@@ -116,14 +116,12 @@ fn gguf_logits_match_candle_quantized_llama() {
     let want = reference.forward(&input, 0).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let d = max_abs_diff(&got, &want);
     assert!(d <= 1e-4, "prefill logits differ by {d}");
-    let mut pos = prompt.len();
-    for &t in &extra {
+    for (pos, &t) in (prompt.len()..).zip(extra.iter()) {
         let got = ours.forward(&[t], 1, &mut cache, Positions::Last).unwrap().logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let input = Tensor::new(&[t], &device).unwrap().unsqueeze(0).unwrap();
         let want = reference.forward(&input, pos).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let d = max_abs_diff(&got, &want);
         assert!(d <= 1e-4, "decode logits at position {pos} differ by {d}");
-        pos += 1;
     }
 }
 

@@ -414,7 +414,7 @@ fn causal_text_scores_follow_template_tokens_and_offsets() {
     let out = run(&mut model, std::slice::from_ref(&x)).unwrap().remove(0);
     let text = "BEGINNING OF CONVERSATION: USER: Hi ASSISTANT:café!";
     let ids = byte_ids(text);
-    let reference = model.score_token_ids(&[ids.clone()]).unwrap().remove(0);
+    let reference = model.score_token_ids(std::slice::from_ref(&ids)).unwrap().remove(0);
     assert_eq!(out.token_count, ids.len());
     assert!((out.score - reference.end_score).abs() < 1e-5);
     // One score per response byte; 'é' is two bytes, both ending after it.

@@ -9,7 +9,7 @@ use ig_core::policy::{Candidate, ChatMessage, FinishReason, PolicyBackend, Polic
 use ig_core::RoleError;
 use ig_proto::v1 as pb;
 use ig_proto::v1::policy_service_server::PolicyService;
-use ig_serve::{deadline_of, role_status, Engine};
+use ig_serve::{deadline_of, role_status, within_deadline, Engine};
 use prost::Message;
 use tokio::sync::{mpsc, OnceCell};
 use tokio_stream::wrappers::ReceiverStream;
@@ -206,12 +206,15 @@ impl<B: PolicyBackend> PolicyService for PolicyServer<B> {
         let deadline = deadline_of(req.metadata());
         let (info, _) = self.model().await?;
         let request = validate::top_k(req.into_inner(), info, &self.limits).map_err(role_status)?;
-        let results = self
-            .engine
-            .call(move |backend, _| backend.top_k_next(&request, &WorkControl::new(deadline, &|| false)))
-            .await
-            .and_then(|r| r)
-            .map_err(role_status)?;
+        let engine = self.engine.clone();
+        let results = within_deadline(deadline, async move {
+            engine
+                .call(move |backend, _| backend.top_k_next(&request, &WorkControl::new(deadline, &|| false)))
+                .await
+                .and_then(|r| r)
+                .map_err(role_status)
+        })
+        .await?;
         Ok(Response::new(pb::TopKNextResponse {
             results: results
                 .into_iter()

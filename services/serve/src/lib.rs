@@ -18,4 +18,4 @@ pub mod telemetry;
 
 pub use engine::Engine;
 pub use server::{serve, ServeOptions};
-pub use status::{deadline_of, role_status};
+pub use status::{deadline_of, role_status, within_deadline};

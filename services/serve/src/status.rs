@@ -37,7 +37,29 @@ pub fn role_status(err: RoleError) -> Status {
     Status::with_error_details(code, err.to_string(), details)
 }
 
-/// The deadline a client set with the `grpc-timeout` header, if any.
+/// How much earlier than the client's deadline handlers give up: tonic's
+/// transport enforces `grpc-timeout` too, measured from the request's
+/// arrival, and answers CANCELLED; stopping first lets the server answer the
+/// canonical DEADLINE_EXCEEDED.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(10);
+
+/// Runs a unary handler's work until `deadline`, answering
+/// DEADLINE_EXCEEDED when it passes (the work's future is dropped, which
+/// tells the model thread the caller is gone).
+pub async fn within_deadline<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        None => work.await,
+        Some(d) => tokio::time::timeout_at(d.into(), work)
+            .await
+            .unwrap_or_else(|_| Err(role_status(RoleError::DeadlineExceeded("the request's deadline".into())))),
+    }
+}
+
+/// The deadline a client set with the `grpc-timeout` header, if any, less a
+/// small margin (see [`within_deadline`]).
 pub fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
     let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
@@ -51,7 +73,7 @@ pub fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    Instant::now().checked_add(d)
+    Instant::now().checked_add(d.saturating_sub(DEADLINE_MARGIN))
 }
 
 #[cfg(test)]
@@ -83,7 +105,7 @@ mod tests {
         m.insert("grpc-timeout", "1500m".parse().unwrap());
         let d = deadline_of(&m).unwrap();
         let left = d.saturating_duration_since(Instant::now());
-        assert!(left > Duration::from_millis(1400) && left <= Duration::from_millis(1500));
+        assert!(left > Duration::from_millis(1400) && left <= Duration::from_millis(1490));
         m.insert("grpc-timeout", "bogus".parse().unwrap());
         assert!(deadline_of(&m).is_none());
     }

@@ -1,0 +1,74 @@
+//! Connections to role endpoints: lazy channels and readiness waits shared by
+//! every typed role client.
+
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Why a call to a role failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint could not be parsed.
+    #[error("{endpoint}: {message}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The role answered with an error status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+    /// The role did not become ready in time.
+    #[error("{endpoint} was not ready after {waited:?}: {last}")]
+    NotReady {
+        /// The endpoint.
+        endpoint: String,
+        /// How long we waited.
+        waited: Duration,
+        /// The last health answer or error.
+        last: String,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code, for retry decisions (UNAVAILABLE may be retried on
+    /// another replica, INVALID_ARGUMENT never).
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Status(s) => s.code(),
+            _ => Code::Unavailable,
+        }
+    }
+}
+
+/// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`) that connects on
+/// first use.
+pub fn connect_lazy(endpoint: &str) -> Result<Channel, ClientError> {
+    Ok(Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| ClientError::Connect { endpoint: endpoint.into(), message: e.to_string() })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Waits until `grpc.health.v1` says `service` is SERVING (its model is
+/// loaded and warm), polling every 200 ms for at most `timeout`.
+pub async fn wait_serving(channel: &Channel, endpoint: &str, service: &str, timeout: Duration) -> Result<(), ClientError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let started = Instant::now();
+    loop {
+        let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
+        let last = match health.check(req).await {
+            Ok(r) if r.get_ref().status() == ServingStatus::Serving => return Ok(()),
+            Ok(r) => format!("health status {:?}", r.get_ref().status()),
+            Err(s) => format!("{}: {}", s.code(), s.message()),
+        };
+        if started.elapsed() >= timeout {
+            return Err(ClientError::NotReady { endpoint: endpoint.into(), waited: timeout, last });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,190 @@
+//! The scorer service over real gRPC on 127.0.0.1:0, with the committed demo
+//! cost head over the real all-MiniLM-L6-v2 trunk (from the asset cache).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use futures::StreamExt;
+use ig_proto::v1 as pb;
+use ig_proto::v1::scorer_service_client::ScorerServiceClient;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+#[derive(Parser)]
+struct Wrap {
+    #[command(flatten)]
+    scorer: ig_scorer::ScorerArgs,
+}
+
+fn head(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("models/heads").join(name);
+    p.to_string_lossy().into_owned()
+}
+
+struct ScorerUnderTest {
+    client: ScorerServiceClient<Channel>,
+    channel: Channel,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(extra: &[&str]) -> ScorerUnderTest {
+    let model = head("cost-minilm-l6.safetensors");
+    let mut argv = vec!["ig-scorer", "--model", model.as_str()];
+    argv.extend_from_slice(extra);
+    let args = Wrap::parse_from(argv).scorer;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ig_scorer::run(args, listener, async move {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    ScorerUnderTest { client: ScorerServiceClient::new(channel.clone()), channel, stop, task }
+}
+
+impl ScorerUnderTest {
+    async fn health(&self) -> Result<ServingStatus, tonic::Status> {
+        let mut h = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let r = h.check(tonic_health::pb::HealthCheckRequest { service: ig_scorer::SERVICE_NAME.into() }).await?;
+        Ok(r.into_inner().status())
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..1500 {
+            if let Ok(ServingStatus::Serving) = self.health().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("scorer never became ready");
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn item(id: i64, prompt: &str, response: &str) -> pb::ScoreItem {
+    pb::ScoreItem { item_id: id, prompt: prompt.into(), response: response.into(), ..Default::default() }
+}
+
+fn items() -> Vec<pb::ScoreItem> {
+    vec![
+        item(10, "How do I bake bread?", "Mix flour, water, yeast and salt, knead, let it rise, then bake at 220 C."),
+        item(11, "How do I bake bread?", "I can't help with that."),
+        item(12, "What is the capital of France?", "Paris is the capital of France."),
+        item(13, "Tell me a joke.", "Why did the scarecrow win an award? Because he was outstanding in his field."),
+    ]
+}
+
+#[tokio::test]
+async fn health_info_and_batch_equals_one_by_one() {
+    let s = start(&[]).await;
+    s.wait_ready().await;
+    let mut client = s.client.clone();
+    let info = client.info(pb::ScorerInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.role(), pb::ScorerRole::Cost);
+    assert!(info.score_description.contains("> 0"));
+    assert!(!info.token_scores_available, "an encoder head scores whole texts");
+
+    let batch = client.score(pb::ScoreRequest { items: items() }).await.unwrap().into_inner();
+    assert_eq!(batch.results.iter().map(|r| r.item_id).collect::<Vec<_>>(), vec![10, 11, 12, 13]);
+    for (it, r) in items().into_iter().zip(&batch.results) {
+        let one = client.score(pb::ScoreRequest { items: vec![it] }).await.unwrap().into_inner();
+        let d = (one.results[0].score - r.score).abs();
+        assert!(d < 1e-4, "batch and single scores differ by {d}");
+        assert!(r.token_count > 0);
+    }
+
+    // Concurrent callers are batched together and still get their own results.
+    let calls = (0..6).map(|i| {
+        let mut c = client.clone();
+        let its = items();
+        async move { c.score(pb::ScoreRequest { items: vec![its[i % 4].clone()] }).await.unwrap().into_inner() }
+    });
+    let answers = futures::future::join_all(calls).await;
+    for (i, a) in answers.iter().enumerate() {
+        let want = &batch.results[i % 4];
+        assert_eq!(a.results[0].item_id, want.item_id);
+        assert!((a.results[0].score - want.score).abs() < 1e-4);
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stream_scores_items_as_they_arrive_and_reports_bad_items() {
+    let s = start(&["--max-response-bytes", "200"]).await;
+    s.wait_ready().await;
+    let mut client = s.client.clone();
+    let want = client.score(pb::ScoreRequest { items: items() }).await.unwrap().into_inner();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut out = client.score_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    for it in items() {
+        tx.send(pb::ScoreStreamRequest { items: vec![it] }).await.unwrap();
+    }
+    tx.send(pb::ScoreStreamRequest { items: vec![item(99, "p", &"x".repeat(201))] }).await.unwrap();
+    drop(tx);
+    let mut got = std::collections::BTreeMap::new();
+    let mut errors = Vec::new();
+    while let Some(msg) = out.next().await {
+        let msg = msg.unwrap();
+        for r in msg.results {
+            got.insert(r.item_id, r.score);
+        }
+        errors.extend(msg.errors);
+    }
+    for r in &want.results {
+        assert!((got[&r.item_id] - r.score).abs() < 1e-4);
+    }
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].item_id, 99);
+    assert_eq!(errors[0].field, "items[0].response");
+    assert!(errors[0].message.contains("max_response_bytes"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_text_or_batch_is_invalid_argument_naming_the_limit() {
+    let s = start(&["--max-items", "4", "--max-prompt-bytes", "100"]).await;
+    s.wait_ready().await;
+    let mut client = s.client.clone();
+    let too_many: Vec<pb::ScoreItem> = (0..5).map(|i| item(i, "p", "r")).collect();
+    let err = client.score(pb::ScoreRequest { items: too_many }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("items: ") && err.message().contains("max_items"), "{}", err.message());
+    let err = client.score(pb::ScoreRequest { items: vec![item(1, &"p".repeat(101), "r")] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("items[0].prompt: ") && err.message().contains("max_prompt_bytes"), "{}", err.message());
+    let err = client.score(pb::ScoreRequest { items: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut t = item(1, "p", "r");
+    t.return_token_scores = true;
+    let err = client.score(pb::ScoreRequest { items: vec![t] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_exceeded_deadline_stops_scoring() {
+    let s = start(&["--max-items", "512"]).await;
+    s.wait_ready().await;
+    let mut client = s.client.clone();
+    // Hundreds of long items take seconds on CPU; a 50 ms deadline cuts them short.
+    let long = "This is a long and entirely harmless sentence about gardening and bread. ".repeat(12);
+    let many: Vec<pb::ScoreItem> = (0..400).map(|i| item(i, "Tell me about gardening.", &long)).collect();
+    let mut req = tonic::Request::new(pb::ScoreRequest { items: many });
+    req.set_timeout(Duration::from_millis(50));
+    let err = client.score(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // The model is free again at once: a small request is not queued behind the expired one.
+    let small = client.score(pb::ScoreRequest { items: vec![item(1, "Hi", "Hello!")] }).await.unwrap().into_inner();
+    let queued = Duration::from_nanos(small.stats.unwrap().queue_ns as u64);
+    assert!(queued < Duration::from_secs(5), "queued {queued:?} behind an expired request");
+    s.stop().await;
+}
