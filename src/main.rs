@@ -93,23 +93,18 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
-        // candle's CPU kernels size their pools from this variable.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        ig_serve::process::set_threads(n);
     }
     match cli.command {
         Command::Assets { command } => assets_cmd::run(command),
         Command::Serve { role: ServeRole::Policy { args, metrics_listen } } => {
             let _telemetry = ig_serve::telemetry::init("ig-policy", cli.log_format, metrics_listen)?;
-            let listener = tokio::net::TcpListener::bind(args.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
+            let listener = ig_serve::process::bind(args.listen).await?;
             ig_policy::run(args, listener, ig_serve::server::shutdown_signal()).await
         }
         Command::Serve { role: ServeRole::Scorer { args, metrics_listen } } => {
             let _telemetry = ig_serve::telemetry::init("ig-scorer", cli.log_format, metrics_listen)?;
-            let listener = tokio::net::TcpListener::bind(args.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
+            let listener = ig_serve::process::bind(args.listen).await?;
             ig_scorer::run(args, listener, ig_serve::server::shutdown_signal()).await
         }
         Command::Score(args) => score_cmd::run(args).await,

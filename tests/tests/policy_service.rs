@@ -273,3 +273,11 @@ async fn reflection_lists_the_policy_service() {
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_model_that_fails_to_load_ends_the_server_with_the_reason() {
+    let s = PolicyUnderTest::start(&["--model", "/nonexistent/model.gguf"]).await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), s.finished()).await.expect("the server should stop");
+    let err = ended.expect_err("a server without a model must not run on");
+    assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
+}

@@ -188,3 +188,23 @@ async fn an_exceeded_deadline_stops_scoring() {
     assert!(queued < Duration::from_secs(5), "queued {queued:?} behind an expired request");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancelled_call_stops_scoring() {
+    let s = start(&["--max-items", "512"]).await;
+    s.wait_ready().await;
+    let client = s.client.clone();
+    let long = "This is a long and entirely harmless sentence about gardening and bread. ".repeat(12);
+    let many: Vec<pb::ScoreItem> = (0..500).map(|i| item(i, "Tell me about gardening.", &long)).collect();
+    let mut c = client.clone();
+    let call = tokio::spawn(async move { c.score(pb::ScoreRequest { items: many }).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call.abort(); // the client goes away mid-call
+    let _ = call.await;
+    let mut c = client.clone();
+    let small = c.score(pb::ScoreRequest { items: vec![item(1, "Hi", "Hello!")] }).await.unwrap().into_inner();
+    let queued = Duration::from_nanos(small.stats.unwrap().queue_ns as u64);
+    // 500 long items take tens of seconds on 2 cores; the next call must not wait for them.
+    assert!(queued < Duration::from_secs(5), "queued {queued:?} behind a cancelled call");
+    s.stop().await;
+}

@@ -1,9 +1,6 @@
 //! `ig-policy`: the policy role's server binary.
 
-use std::net::SocketAddr;
-
 use clap::Parser;
-use ig_serve::telemetry::LogFormat;
 
 /// Serves a causal LM over inferenceguard.v1.PolicyService.
 #[derive(Debug, Parser)]
@@ -11,34 +8,20 @@ use ig_serve::telemetry::LogFormat;
 struct Cli {
     #[command(flatten)]
     policy: ig_policy::PolicyArgs,
-    /// Log format: json or text.
-    #[arg(long, env = "IG_LOG_FORMAT", default_value = "json")]
-    log_format: LogFormat,
-    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9000).
-    #[arg(long, env = "IG_METRICS_LISTEN")]
-    metrics_listen: Option<SocketAddr>,
-    /// Compute threads for the model (default: all cores).
-    #[arg(long, env = "IG_THREADS")]
-    threads: Option<usize>,
+    #[command(flatten)]
+    process: ig_serve::process::ProcessArgs,
 }
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
+    if let Err(e) = run(Cli::parse()).await {
         eprintln!("ig-policy: {e:#}");
         std::process::exit(1);
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(n) = cli.threads {
-        // candle's CPU kernels size their pools from this variable.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-    let _telemetry = ig_serve::telemetry::init("ig-policy", cli.log_format, cli.metrics_listen)?;
-    let listener = tokio::net::TcpListener::bind(cli.policy.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", cli.policy.listen))?;
+    let _telemetry = cli.process.init("ig-policy")?;
+    let listener = ig_serve::process::bind(cli.policy.listen).await?;
     ig_policy::run(cli.policy, listener, ig_serve::server::shutdown_signal()).await
 }

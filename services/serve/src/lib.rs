@@ -8,10 +8,12 @@
 //!   reflection, with graceful shutdown.
 //! - [`status`]: the one mapping from [`ig_core::RoleError`] to gRPC status,
 //!   and deadline parsing.
+//! - [`process`]: the flags and set-up every role binary shares.
 //! - [`telemetry`]: structured logs, OpenTelemetry traces and metrics,
 //!   Prometheus scraping.
 
 pub mod engine;
+pub mod process;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -38,7 +38,7 @@ impl ServeOptions {
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
-    mut state: tokio::sync::watch::Receiver<EngineState>,
+    state: tokio::sync::watch::Receiver<EngineState>,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -48,16 +48,17 @@ pub async fn serve(
     }
     let names = opts.service_names.clone();
     let follow = reporter.clone();
+    let mut health_state = state.clone();
     tokio::spawn(async move {
         loop {
-            let status = match &*state.borrow_and_update() {
+            let status = match &*health_state.borrow_and_update() {
                 EngineState::Ready => tonic_health::ServingStatus::Serving,
                 _ => tonic_health::ServingStatus::NotServing,
             };
             for name in &names {
                 follow.set_service_status(*name, status).await;
             }
-            if state.changed().await.is_err() {
+            if health_state.changed().await.is_err() {
                 break;
             }
         }
@@ -69,8 +70,17 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, services = ?opts.service_names, "listening");
     let names = opts.service_names.clone();
+    // A model that fails to load ends the process with its error (a crash
+    // loop with a reason beats a pod that is never ready).
+    let mut watch_failure = state.clone();
+    let failed = async move {
+        let _ = watch_failure.wait_for(|s| matches!(s, EngineState::Failed(_))).await;
+    };
     let drain = async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {},
+            _ = failed => {},
+        }
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
         for name in &names {
             reporter.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
@@ -85,7 +95,10 @@ pub async fn serve(
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
         .await?;
-    Ok(())
+    match &*state.borrow() {
+        EngineState::Failed(m) => Err(anyhow::anyhow!("the model failed to load: {m}")),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).

@@ -48,6 +48,11 @@ impl PolicyUnderTest {
         s
     }
 
+    /// Waits for the server task to end on its own and returns its result.
+    pub async fn finished(mut self) -> anyhow::Result<()> {
+        self.task.take().unwrap().await.unwrap()
+    }
+
     /// Stops the server and waits for it to drain.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
