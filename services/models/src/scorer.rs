@@ -109,8 +109,36 @@ const DEFAULT_TRUNK_NAMES: &[&str] = &["all-MiniLM-L6-v2", "sentence-transformer
 /// enough to batch the linear layers, small enough to bound activations.
 const MAX_PASS_TOKENS: usize = 4096;
 
-/// Items per encoder call: `control` is checked between groups.
+/// At most this many items per encoder call.
 const ENCODER_GROUP: usize = 64;
+
+/// At most this many padded tokens per encoder call, so that `control` is
+/// checked often (a cancelled call frees the model within a fraction of a
+/// second) whatever the lengths.
+const ENCODER_GROUP_TOKENS: usize = 4096;
+
+/// Splits items of `lens` padded tokens into consecutive encoder calls of at
+/// most [`ENCODER_GROUP`] items and [`ENCODER_GROUP_TOKENS`] padded tokens
+/// (one item alone may exceed it).
+fn encoder_groups(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut longest) = (0, 0);
+    for (i, &len) in lens.iter().enumerate() {
+        let wider = longest.max(len);
+        let n = i - start;
+        if n > 0 && (n == ENCODER_GROUP || (n + 1) * wider > ENCODER_GROUP_TOKENS) {
+            groups.push(start..i);
+            start = i;
+            longest = len;
+        } else {
+            longest = wider;
+        }
+    }
+    if start < lens.len() {
+        groups.push(start..lens.len());
+    }
+    groups
+}
 
 /// safe-rlhf's normaliser epsilon, added to the standard deviation.
 const PKU_EPSILON: f32 = 1e-8;
@@ -970,8 +998,10 @@ impl ScoreModel {
             encoded.push(SentenceEncoder::select(enc.get_ids(), enc.get_type_ids(), &keep));
         }
         let mut scores = Vec::with_capacity(inputs.len());
-        for chunk in encoded.chunks(ENCODER_GROUP) {
+        let lens: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+        for group in encoder_groups(&lens) {
             control.check()?;
+            let chunk = &encoded[group];
             let cls = encoder.cls_states(chunk)?;
             let pooled = cls
                 .matmul(&pooler.0.t().map_err(ModelError::from)?)
@@ -1015,8 +1045,11 @@ impl ScoreModel {
             encoded.push(segs);
         }
         let mut out = Vec::with_capacity(inputs.len());
-        for (c, chunk) in encoded.chunks(ENCODER_GROUP).enumerate() {
+        let lens: Vec<usize> = encoded.iter().map(|segs| segs.iter().map(|e| e.ids.len()).max().unwrap_or(0)).collect();
+        for group in encoder_groups(&lens) {
             control.check()?;
+            let first = group.start;
+            let chunk = &encoded[group];
             let mut features: Vec<Vec<f32>> = (0..chunk.len()).map(|_| Vec::with_capacity(head.meta.in_dim())).collect();
             for (s, _) in layout.iter().enumerate() {
                 let batch: Vec<Encoded> = chunk.iter().map(|segs| segs[s].clone()).collect();
@@ -1026,7 +1059,7 @@ impl ScoreModel {
                 }
             }
             for (k, f) in features.iter().enumerate() {
-                let segs = &encoded[c * ENCODER_GROUP + k];
+                let segs = &encoded[first + k];
                 out.push(ScoreOutput {
                     score: head.apply(f),
                     token_scores: Vec::new(),
@@ -1188,6 +1221,16 @@ impl ScorerBackend for ScoreModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoder_groups_bound_items_and_padded_tokens() {
+        assert!(encoder_groups(&[]).is_empty());
+        assert_eq!(encoder_groups(&[10; 100]), vec![0..64, 64..100]);
+        // 4096 / 300 = 13 items of 300 padded tokens per call.
+        assert_eq!(encoder_groups(&[300; 20]), vec![0..13, 13..20]);
+        // A long item starts a new group when it would widen the current one past the budget.
+        assert_eq!(encoder_groups(&[100, 100, 3000, 5000]), vec![0..2, 2..3, 3..4]);
+    }
 
     #[test]
     fn template_parses_and_renders_ranges() -> Result<()> {
