@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::PolicyUnderTest;
 use futures::StreamExt;
@@ -206,10 +206,21 @@ async fn bad_input_is_invalid_argument_naming_field_and_limit() {
 
 /// A long extension: 8 children of 250 tokens (tens of seconds on 2 cores).
 fn long_request(prompt: Vec<i32>) -> pb::ExtendChunkRequest {
-    let mut req = extend_req(vec![(prompt, 8)], 250, 1);
+    long_request_of(prompt, 250)
+}
+
+fn long_request_of(prompt: Vec<i32>, tokens: i32) -> pb::ExtendChunkRequest {
+    let mut req = extend_req(vec![(prompt, 8)], tokens, 1);
     // Never stop early: push the end-of-sequence token far down.
     req.prefixes[0].logit_biases = vec![pb::LogitBias { token_id: 2, bias: -100.0 }];
     req
+}
+
+/// What [`long_request`] costs in full on this machine now, from a tenth of
+/// it, so that timing assertions compare ratios within one run.
+async fn full_cost_of_a_long_request(s: &PolicyUnderTest, prompt: Vec<i32>) -> Duration {
+    let (_, stats) = collect(s, long_request_of(prompt, 25)).await.unwrap();
+    Duration::from_nanos(stats.compute_ns as u64) * 10
 }
 
 /// Time the model thread made a tiny request wait: small when nothing else runs.
@@ -222,15 +233,14 @@ async fn queue_wait_of_a_tiny_request(s: &PolicyUnderTest, prompt: Vec<i32>) -> 
 async fn a_cancelled_stream_stops_generation() {
     let s = PolicyUnderTest::ready(&[]).await;
     let prompt = prompt_ids(&s, CHAT).await;
+    let full = full_cost_of_a_long_request(&s, prompt.clone()).await;
     let stream = s.client.extend_chunk(long_request(prompt.clone())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cancelled_at = Instant::now();
     drop(stream); // the client goes away
     let waited = queue_wait_of_a_tiny_request(&s, prompt).await;
     // Had the long request run on, the tiny one would have queued for its
-    // whole remaining duration (tens of seconds).
-    assert!(waited < Duration::from_secs(5), "queued {waited:?} behind a cancelled request");
-    assert!(cancelled_at.elapsed() < Duration::from_secs(10));
+    // whole remaining duration.
+    assert!(waited < full / 2, "queued {waited:?} behind a cancelled request that takes {full:?} in full");
     s.stop().await;
 }
 
@@ -238,6 +248,7 @@ async fn a_cancelled_stream_stops_generation() {
 async fn an_exceeded_deadline_is_deadline_exceeded_and_stops_work() {
     let s = PolicyUnderTest::ready(&[]).await;
     let prompt = prompt_ids(&s, CHAT).await;
+    let full = full_cost_of_a_long_request(&s, prompt.clone()).await;
     let mut raw = ig_proto::v1::policy_service_client::PolicyServiceClient::connect(format!("http://{}", s.addr)).await.unwrap();
     let mut req = tonic::Request::new(long_request(prompt.clone()));
     req.set_timeout(Duration::from_millis(700));
@@ -252,7 +263,7 @@ async fn an_exceeded_deadline_is_deadline_exceeded_and_stops_work() {
     let err = outcome.expect_err("the deadline must cut the extension short");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     let waited = queue_wait_of_a_tiny_request(&s, prompt).await;
-    assert!(waited < Duration::from_secs(5), "the expired request kept the model busy for {waited:?}");
+    assert!(waited < full / 2, "the expired request kept the model busy for {waited:?} of its {full:?}");
     s.stop().await;
 }
 
