@@ -124,6 +124,9 @@ pub struct PrefixSpec {
     pub children: usize,
     /// `(token id, bias)` pairs added to the logits at every step.
     pub logit_biases: Vec<(u32, f32)>,
+    /// This prefix's own seed: its children draw from `(seed, 0, child)`
+    /// instead of `(sampling seed, prefix index, child)`.
+    pub seed: Option<u64>,
 }
 
 /// A validated chunk-extension request.

@@ -224,7 +224,10 @@ impl LlamaPolicy {
                 children: (0..p.children)
                     .map(|c| Child {
                         index: c,
-                        rng: child_rng(req.sampling.seed, i, c),
+                        rng: match p.seed {
+                            Some(seed) => child_rng(seed, 0, c),
+                            None => child_rng(req.sampling.seed, i, c),
+                        },
                         tokens: Vec::with_capacity(req.chunk_tokens),
                         logprobs: Vec::with_capacity(req.chunk_tokens),
                         finish: None,
@@ -379,7 +382,7 @@ impl PolicyBackend for LlamaPolicy {
     fn warm_up(&mut self) -> std::result::Result<(), RoleError> {
         let ids = self.codec.tokenize("Hello! How are you today?", false)?;
         let req = ExtendRequest {
-            prefixes: vec![ig_core::policy::PrefixSpec { token_ids: ids, children: 2, logit_biases: vec![] }],
+            prefixes: vec![ig_core::policy::PrefixSpec { token_ids: ids, children: 2, logit_biases: vec![], seed: None }],
             chunk_tokens: 2,
             sampling: Sampling::default(),
             stop_token_ids: vec![],

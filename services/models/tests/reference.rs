@@ -139,8 +139,8 @@ fn batched_chunked_latents_equal_a_fresh_prefill() {
     let b = codec.tokenize("<|im_start|>user\nWrite one word about the sea, then stop.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
     let req = ExtendRequest {
         prefixes: vec![
-            PrefixSpec { token_ids: a.clone(), children: 3, logit_biases: vec![] },
-            PrefixSpec { token_ids: b.clone(), children: 2, logit_biases: vec![(11, -5.0)] },
+            PrefixSpec { token_ids: a.clone(), children: 3, logit_biases: vec![], seed: None },
+            PrefixSpec { token_ids: b.clone(), children: 2, logit_biases: vec![(11, -5.0)], seed: None },
         ],
         chunk_tokens: 6,
         sampling: Sampling { temperature: 1.0, top_p: 0.95, top_k: None, seed: 11 },
@@ -160,7 +160,7 @@ fn batched_chunked_latents_equal_a_fresh_prefill() {
             .map(|c| {
                 let mut t = if c.prefix_index == 0 { a.clone() } else { b.clone() };
                 t.extend_from_slice(&c.token_ids);
-                PrefixSpec { token_ids: t, children: 2, logit_biases: vec![] }
+                PrefixSpec { token_ids: t, children: 2, logit_biases: vec![], seed: None }
             })
             .collect(),
         chunk_tokens: 4,
@@ -203,8 +203,8 @@ fn same_seed_same_candidates_whatever_the_batch() {
     let p1 = codec.tokenize("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
     let base = ExtendRequest {
         prefixes: vec![
-            PrefixSpec { token_ids: p0.clone(), children: 2, logit_biases: vec![] },
-            PrefixSpec { token_ids: p1.clone(), children: 2, logit_biases: vec![] },
+            PrefixSpec { token_ids: p0.clone(), children: 2, logit_biases: vec![], seed: None },
+            PrefixSpec { token_ids: p1.clone(), children: 2, logit_biases: vec![], seed: None },
         ],
         chunk_tokens: 5,
         sampling: Sampling { temperature: 0.9, top_p: 1.0, top_k: Some(50), seed: 1234 },
@@ -226,6 +226,12 @@ fn same_seed_same_candidates_whatever_the_batch() {
     assert_eq!(alone[..], together[..2]);
     let other_seed = ExtendRequest { sampling: Sampling { seed: 99, ..base.sampling }, ..base.clone() };
     assert_ne!(run(&mut policy, &other_seed), together);
+    // A prefix with its own seed draws the same children wherever it sits.
+    let seeded = |p: &PrefixSpec| PrefixSpec { seed: Some(77), ..p.clone() };
+    let second = ExtendRequest { prefixes: vec![base.prefixes[0].clone(), seeded(&base.prefixes[1])], ..base.clone() };
+    let first = ExtendRequest { prefixes: vec![seeded(&base.prefixes[1])], ..base.clone() };
+    let strip = |v: Vec<(usize, usize, Vec<u32>)>| v.into_iter().map(|(_, c, t)| (c, t)).collect::<Vec<_>>();
+    assert_eq!(strip(run(&mut policy, &second)[2..].to_vec()), strip(run(&mut policy, &first)));
 }
 
 fn check_safetensors_variant(dir: &str, tol: f32) {

@@ -138,7 +138,7 @@ pub fn extend(
             }
             logit_biases.push((id, b.bias));
         }
-        prefixes.push(PrefixSpec { token_ids, children, logit_biases });
+        prefixes.push(PrefixSpec { token_ids, children, logit_biases, seed: p.seed.map(|s| s as u64) });
     }
     if total > limits.max_candidates {
         return Err(RoleError::invalid(
