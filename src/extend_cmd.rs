@@ -70,7 +70,7 @@ pub async fn extend_and_print(
     println!("policy: {} ({}, {}), prompt: {} tokens", info.model_id, info.weight_dtype, info.device, rendered.token_ids.len());
     println!("user: {prompt}");
     let req = pb::ExtendChunkRequest {
-        prefixes: vec![pb::PrefixToExtend { token_ids: rendered.token_ids, children_count: s.children, logit_biases: vec![] }],
+        prefixes: vec![pb::PrefixToExtend { token_ids: rendered.token_ids, children_count: s.children, logit_biases: vec![], seed: None }],
         chunk_tokens: s.chunk_tokens,
         sampling: Some(pb::SamplingParams {
             temperature: Some(s.temperature),

@@ -23,7 +23,7 @@ fn extend_req(prefixes: Vec<(Vec<i32>, i32)>, chunk: i32, seed: i64) -> pb::Exte
     pb::ExtendChunkRequest {
         prefixes: prefixes
             .into_iter()
-            .map(|(ids, n)| pb::PrefixToExtend { token_ids: ids, children_count: n, logit_biases: vec![] })
+            .map(|(ids, n)| pb::PrefixToExtend { token_ids: ids, children_count: n, logit_biases: vec![], seed: None })
             .collect(),
         chunk_tokens: chunk,
         sampling: Some(pb::SamplingParams { temperature: Some(1.0), top_p: Some(0.95), top_k: None, seed: Some(seed) }),

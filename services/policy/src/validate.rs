@@ -236,7 +236,7 @@ mod tests {
     }
 
     fn prefix(ids: Vec<i32>, children: i32) -> pb::PrefixToExtend {
-        pb::PrefixToExtend { token_ids: ids, children_count: children, logit_biases: vec![] }
+        pb::PrefixToExtend { token_ids: ids, children_count: children, logit_biases: vec![], seed: None }
     }
 
     fn field_of(e: RoleError) -> (String, String) {
