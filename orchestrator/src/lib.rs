@@ -1,12 +1,14 @@
 //! The stateless orchestrator of InferenceGuard Mesh.
 //!
-//! Today: typed clients of the roles ([`policy_client`], [`scorer_client`])
-//! over shared connection code ([`channel`]). The search strategies and the
-//! public `GuardService` build on them.
+//! - [`search`]: InferenceGuard and the paper's baselines, plain async Rust
+//!   over small role traits (no gRPC, no candle).
+//! - [`policy_client`], [`scorer_client`], [`channel`]: typed gRPC clients of
+//!   the roles.
 
 pub mod channel;
 pub mod policy_client;
 pub mod scorer_client;
+pub mod search;
 
 pub use channel::ClientError;
 pub use policy_client::PolicyClient;
