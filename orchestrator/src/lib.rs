@@ -2,14 +2,128 @@
 //!
 //! - [`search`]: InferenceGuard and the paper's baselines, plain async Rust
 //!   over small role traits (no gRPC, no candle).
-//! - [`policy_client`], [`scorer_client`], [`channel`]: typed gRPC clients of
-//!   the roles.
+//! - [`registry`]: named role endpoints from a TOML file, re-read on change.
+//! - [`mesh`]: the role traits over gRPC, with failover and spreading.
+//! - [`guard`]: the public `GuardService`.
+//! - [`policy_client`], [`scorer_client`], [`channel`]: typed role clients.
+//!
+//! A search's state lives only as long as its request: any replica of the
+//! orchestrator serves any request.
 
 pub mod channel;
+pub mod guard;
+pub mod mesh;
 pub mod policy_client;
+pub mod registry;
 pub mod scorer_client;
 pub mod search;
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
 pub use channel::ClientError;
+use clap::Args;
+pub use guard::{GuardLimits, GuardServer};
+use ig_proto::v1::guard_service_server::GuardServiceServer;
+use ig_serve::engine::EngineState;
+use ig_serve::ServeOptions;
 pub use policy_client::PolicyClient;
+pub use registry::Registry;
 pub use scorer_client::ScorerClient;
+use tokio::net::TcpListener;
+
+/// Flags of the orchestrator. Every flag also reads an `IG_*` variable.
+#[derive(Debug, Clone, Args)]
+pub struct OrchestratorArgs {
+    /// The registry file (TOML) naming the role endpoints; re-read when it
+    /// changes and on SIGHUP.
+    #[arg(long, env = "IG_REGISTRY")]
+    pub registry: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "IG_LISTEN", default_value = "127.0.0.1:50050")]
+    pub listen: SocketAddr,
+    /// How often the registry file is re-read, in seconds.
+    #[arg(long, env = "IG_REGISTRY_POLL_SECONDS", default_value_t = 2.0)]
+    pub registry_poll_seconds: f64,
+    /// How often every role endpoint's health is checked, in seconds.
+    #[arg(long, env = "IG_HEALTH_INTERVAL_SECONDS", default_value_t = 2.0)]
+    pub health_interval_seconds: f64,
+    /// Largest prompt, in bytes.
+    #[arg(long, env = "IG_MAX_PROMPT_BYTES", default_value_t = GuardLimits::default().max_prompt_bytes)]
+    pub max_prompt_bytes: usize,
+    /// Most messages in a chat prompt.
+    #[arg(long, env = "IG_MAX_CHAT_MESSAGES", default_value_t = GuardLimits::default().max_chat_messages)]
+    pub max_chat_messages: usize,
+    /// Largest samples_count.
+    #[arg(long, env = "IG_MAX_SAMPLES_COUNT", default_value_t = GuardLimits::default().max_samples_count)]
+    pub max_samples_count: usize,
+    /// Largest max_new_tokens.
+    #[arg(long, env = "IG_MAX_NEW_TOKENS", default_value_t = GuardLimits::default().max_new_tokens)]
+    pub max_new_tokens: usize,
+    /// Largest max_resamples.
+    #[arg(long, env = "IG_MAX_RESAMPLES", default_value_t = GuardLimits::default().max_resamples)]
+    pub max_resamples: usize,
+    /// Longest a search may run, in seconds (requests without a deadline get this one).
+    #[arg(long, env = "IG_MAX_DURATION_SECONDS", default_value_t = GuardLimits::default().max_duration.as_secs_f64())]
+    pub max_duration_seconds: f64,
+    /// Searches this replica runs at once; more fail fast with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "IG_MAX_CONCURRENT_REQUESTS", default_value_t = GuardLimits::default().max_concurrent_requests)]
+    pub max_concurrent_requests: usize,
+    /// Largest request message, in bytes.
+    #[arg(long, env = "IG_MAX_MESSAGE_BYTES", default_value_t = GuardLimits::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+}
+
+impl OrchestratorArgs {
+    /// The limits these flags set.
+    pub fn limits(&self) -> anyhow::Result<GuardLimits> {
+        let max_duration = Duration::try_from_secs_f64(self.max_duration_seconds)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| anyhow::anyhow!("--max-duration-seconds: must be > 0, got {}", self.max_duration_seconds))?;
+        Ok(GuardLimits {
+            max_prompt_bytes: self.max_prompt_bytes,
+            max_chat_messages: self.max_chat_messages,
+            max_samples_count: self.max_samples_count,
+            max_new_tokens: self.max_new_tokens,
+            max_resamples: self.max_resamples,
+            max_duration,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_message_bytes: self.max_message_bytes,
+        })
+    }
+
+    /// The flags' defaults for `registry` listening on `listen`.
+    pub fn with_registry(registry: &std::path::Path, listen: SocketAddr) -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct DefaultsOnly {
+            #[command(flatten)]
+            args: OrchestratorArgs,
+        }
+        let mut args = DefaultsOnly::parse_from(["ig-orchestrator", "--registry", "x"]).args;
+        args.registry = registry.to_path_buf();
+        args.listen = listen;
+        args
+    }
+}
+
+fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero()).ok_or_else(|| anyhow::anyhow!("{flag}: must be > 0, got {s}"))
+}
+
+/// Serves the GuardService on `listener` until `shutdown` resolves.
+pub async fn run(args: OrchestratorArgs, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let limits = args.limits()?;
+    let registry = Registry::load(&args.registry)?;
+    registry.spawn_watch(seconds("--registry-poll-seconds", args.registry_poll_seconds)?);
+    registry.spawn_health(seconds("--health-interval-seconds", args.health_interval_seconds)?);
+    let max_message = limits.max_message_bytes;
+    let server = GuardServer::new(registry, limits);
+    let service = GuardServiceServer::new(server).max_decoding_message_size(max_message).max_encoding_message_size(usize::MAX);
+    // Nothing to load: the orchestrator serves as soon as it listens.
+    let (_ready, state) = tokio::sync::watch::channel(EngineState::Ready);
+    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![guard::SERVICE_NAME]), shutdown).await
+}

@@ -1,0 +1,689 @@
+//! `inferenceguard.v1.GuardService`: validation, model resolution through
+//! the registry, the search on [`crate::mesh`] roles, and the result.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use ig_core::RoleError;
+use ig_proto::v1 as pb;
+use ig_proto::v1::guard_service_server::GuardService;
+use ig_serve::status::ERROR_DOMAIN;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::mesh::{policy_meta, MeshPolicy, MeshScorer};
+use crate::registry::{fetch_info, Entry, EntryRole, LookupError, Registry, RoleInfo};
+use crate::search::{self, Method, Outcome, Params, RoleKind, Roles, SearchError, Step};
+
+/// Name of the service in `grpc.health.v1`.
+pub const SERVICE_NAME: &str = "inferenceguard.v1.GuardService";
+
+/// The guard's own limits (GuardLimits on the wire).
+#[derive(Debug, Clone)]
+pub struct GuardLimits {
+    /// Largest prompt, in bytes.
+    pub max_prompt_bytes: usize,
+    /// Most chat messages.
+    pub max_chat_messages: usize,
+    /// Largest samples_count.
+    pub max_samples_count: usize,
+    /// Largest max_new_tokens.
+    pub max_new_tokens: usize,
+    /// Largest max_resamples.
+    pub max_resamples: usize,
+    /// Longest a search may run.
+    pub max_duration: Duration,
+    /// Searches run at once.
+    pub max_concurrent_requests: usize,
+    /// Largest request message.
+    pub max_message_bytes: usize,
+}
+
+impl Default for GuardLimits {
+    fn default() -> Self {
+        Self {
+            max_prompt_bytes: 16 << 10,
+            max_chat_messages: 64,
+            max_samples_count: 512,
+            max_new_tokens: 2048,
+            max_resamples: 8,
+            max_duration: Duration::from_secs(600),
+            max_concurrent_requests: 16,
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A status with an ErrorInfo reason (and a BadRequest violation naming `field`).
+fn status(code: Code, reason: &str, message: String, field: Option<&str>, metadata: &[(&str, &str)]) -> Status {
+    let meta: std::collections::HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, meta);
+    if let Some(f) = field {
+        details.add_bad_request_violation(f, message.clone());
+    }
+    Status::with_error_details(code, message, details)
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    status(Code::InvalidArgument, "INVALID_FIELD", format!("{field}: {message}"), Some(field), &[])
+}
+
+/// Checks `v` in `[lo, hi]`, naming the field and the limit.
+fn in_range(field: &str, v: i64, lo: i64, hi: i64, limit: &str) -> Result<usize, Status> {
+    if v < lo || v > hi {
+        let m = format!("{field}: must be in [{lo}, {hi}] ({limit}), got {v}");
+        return Err(status(Code::InvalidArgument, "LIMIT_EXCEEDED", m, Some(field), &[]));
+    }
+    Ok(v as usize)
+}
+
+fn finite(field: &str, v: f64, min: f64, min_inclusive: bool) -> Result<f64, Status> {
+    let ok = v.is_finite() && if min_inclusive { v >= min } else { v > min };
+    if !ok {
+        return Err(invalid(field, format!("must be finite and {} {min}, got {v}", if min_inclusive { ">=" } else { ">" })));
+    }
+    Ok(v)
+}
+
+/// The methods this server runs, and the wire value of each.
+fn method_of(m: i32) -> Result<(Method, pb::Method), Status> {
+    use pb::Method as M;
+    let wire = M::try_from(m).map_err(|_| invalid("method", format!("unknown value {m}")))?;
+    let method = match wire {
+        M::Unspecified | M::InferenceGuard => Method::InferenceGuard,
+        M::Base => Method::Base,
+        M::BonLagrangian => Method::BonLagrangian,
+        M::BonAugmented => Method::BonAugmented,
+        M::BeamLagrangian => Method::BeamLagrangian,
+        M::BeamAugmented => Method::BeamAugmented,
+        M::Args => Method::Args,
+        M::ArgsLagrangian => Method::ArgsLagrangian,
+        M::ArgsCost => Method::ArgsCost,
+        M::InferenceGuardCritic | M::Recontrol | M::RecontrolLagrangian => {
+            let m = format!("method: {} needs the critic role, which this server does not serve yet", wire.as_str_name());
+            return Err(status(Code::Unimplemented, "METHOD_UNIMPLEMENTED", m, Some("method"), &[]));
+        }
+    };
+    Ok((method, if wire == M::Unspecified { M::InferenceGuard } else { wire }))
+}
+
+/// The wire value of a method.
+pub fn wire_method(m: Method) -> pb::Method {
+    use pb::Method as M;
+    match m {
+        Method::InferenceGuard => M::InferenceGuard,
+        Method::Base => M::Base,
+        Method::BonLagrangian => M::BonLagrangian,
+        Method::BonAugmented => M::BonAugmented,
+        Method::BeamLagrangian => M::BeamLagrangian,
+        Method::BeamAugmented => M::BeamAugmented,
+        Method::Args => M::Args,
+        Method::ArgsLagrangian => M::ArgsLagrangian,
+        Method::ArgsCost => M::ArgsCost,
+    }
+}
+
+/// Resolves and checks the parameters against the guard's and the policy's
+/// limits; returns them with the wire form of what the method uses.
+fn resolve_params(
+    method: Method,
+    given: &pb::SearchParams,
+    limits: &GuardLimits,
+    policy: &pb::PolicyLimits,
+) -> Result<(Params, pb::SearchParams), Status> {
+    let d = Params::default();
+    let chunked = method.is_chunked();
+    let searches = matches!(method, Method::InferenceGuard | Method::BeamAugmented | Method::BeamLagrangian);
+    let samples_used = searches || matches!(method, Method::BonAugmented | Method::BonLagrangian);
+    let augmented = matches!(method, Method::InferenceGuard | Method::BonAugmented | Method::BeamAugmented);
+    let lagrangian = matches!(method, Method::BonLagrangian | Method::BeamLagrangian | Method::ArgsLagrangian);
+    let args = !chunked;
+    let mut p = d.clone();
+    let mut used = pb::SearchParams::default();
+
+    p.max_new_tokens =
+        in_range("params.max_new_tokens", given.max_new_tokens.unwrap_or(d.max_new_tokens as i32) as i64, 1, limits.max_new_tokens as i64, "max_new_tokens")?;
+    used.max_new_tokens = Some(p.max_new_tokens as i32);
+    if samples_used {
+        // Step one draws every sample from the prompt alone.
+        let cap = (limits.max_samples_count as i32).min(policy.max_children_per_prefix).min(policy.max_candidates);
+        let limit = format!("max_samples_count and the policy's max_children_per_prefix / max_candidates: {cap}");
+        p.samples = in_range("params.samples_count", given.samples_count.unwrap_or(d.samples as i32) as i64, 1, cap as i64, &limit)?;
+        used.samples_count = Some(p.samples as i32);
+    }
+    if searches {
+        let default_k = (p.samples / 4).max(1) as i32;
+        let cap = p.samples.min(policy.max_prefixes as usize);
+        p.beam_width = in_range("params.beam_width", given.beam_width.unwrap_or(default_k) as i64, 1, cap as i64, "samples_count")?;
+        used.beam_width = Some(p.beam_width as i32);
+    }
+    if chunked {
+        p.chunk_tokens = in_range(
+            "params.chunk_tokens",
+            given.chunk_tokens.unwrap_or(d.chunk_tokens as i32) as i64,
+            1,
+            policy.max_chunk_tokens as i64,
+            "the policy's max_chunk_tokens",
+        )?;
+        used.chunk_tokens = Some(p.chunk_tokens as i32);
+        p.temperature = given.temperature.unwrap_or(d.temperature);
+        if !(0.0..=100.0).contains(&p.temperature) {
+            return Err(invalid("params.temperature", format!("must be in [0, 100], got {}", p.temperature)));
+        }
+        p.top_p = given.top_p.unwrap_or(d.top_p);
+        if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+            return Err(invalid("params.top_p", format!("must be in (0, 1], got {}", p.top_p)));
+        }
+        p.seed = given.seed.map(|s| s as u64).unwrap_or_else(rand_seed);
+        used.temperature = Some(p.temperature);
+        used.top_p = Some(p.top_p);
+        used.seed = Some(p.seed as i64);
+    }
+    if method == Method::InferenceGuard {
+        p.max_resamples =
+            in_range("params.max_resamples", given.max_resamples.unwrap_or(d.max_resamples as i32) as i64, 0, limits.max_resamples as i64, "max_resamples")?;
+        p.resample_penalty = finite("params.resample_penalty", given.resample_penalty.unwrap_or(d.resample_penalty) as f64, 0.0, true)? as f32;
+        used.max_resamples = Some(p.max_resamples as i32);
+        used.resample_penalty = Some(p.resample_penalty);
+    }
+    p.safety_budget = given.safety_budget.unwrap_or(d.safety_budget);
+    if !p.safety_budget.is_finite() {
+        return Err(invalid("params.safety_budget", format!("must be finite, got {}", p.safety_budget)));
+    }
+    used.safety_budget = Some(p.safety_budget);
+    if augmented {
+        p.unsafe_penalty = finite("params.unsafe_penalty", given.unsafe_penalty.unwrap_or(d.unsafe_penalty), 0.0, false)?;
+        used.unsafe_penalty = Some(p.unsafe_penalty);
+    }
+    if lagrangian {
+        p.lagrange_lambda = finite("params.lagrange_lambda", given.lagrange_lambda.unwrap_or(d.lagrange_lambda), 0.0, true)?;
+        used.lagrange_lambda = Some(p.lagrange_lambda);
+    }
+    if args {
+        p.args_top_k = in_range(
+            "params.args_top_k",
+            given.args_top_k.unwrap_or(d.args_top_k as i32) as i64,
+            1,
+            policy.max_top_k as i64,
+            "the policy's max_top_k",
+        )?;
+        p.args_weight = finite("params.args_weight", given.args_weight.unwrap_or(d.args_weight), 0.0, true)?;
+        used.args_top_k = Some(p.args_top_k as i32);
+        used.args_weight = Some(p.args_weight);
+    }
+    Ok((p, used))
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish() >> 1 // non-negative as an int64
+}
+
+/// Everything a search needs, resolved before any generation starts.
+struct Prepared {
+    method: Method,
+    wire_method: pb::Method,
+    params: Params,
+    used: pb::SearchParams,
+    prompt: search::Prompt,
+    policy: Arc<MeshPolicy>,
+    roles: Roles,
+    models: pb::ModelsUsed,
+    names: [String; 3],
+}
+
+/// The guard's gRPC face. Cheap to clone.
+#[derive(Clone)]
+pub struct GuardServer {
+    registry: Arc<Registry>,
+    limits: GuardLimits,
+    slots: Arc<Semaphore>,
+}
+
+impl GuardServer {
+    /// Serves searches over the models of `registry` within `limits`.
+    pub fn new(registry: Arc<Registry>, limits: GuardLimits) -> Self {
+        let slots = Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1)));
+        Self { registry, limits, slots }
+    }
+
+    /// The deadline of a request: the client's or max_duration, the earlier.
+    fn deadline<T>(&self, req: &Request<T>) -> Instant {
+        let max = Instant::now() + self.limits.max_duration;
+        ig_serve::deadline_of(req.metadata()).map_or(max, |d| d.min(max))
+    }
+
+    async fn prepare(&self, req: pb::GenerateRequest, deadline: Instant) -> Result<Prepared, Status> {
+        let (method, wire_method) = method_of(req.method)?;
+        let snapshot = self.registry.snapshot();
+        let lookup = |role: EntryRole, field: &str, name: &str| -> Result<Arc<Entry>, Status> {
+            snapshot.resolve(role, name).map_err(|e| match e {
+                LookupError::NotFound(m) => status(Code::NotFound, "MODEL_NOT_FOUND", format!("{field}: {m}"), Some(field), &[]),
+                LookupError::RoleMismatch(m) => {
+                    status(Code::FailedPrecondition, "MODEL_ROLE_MISMATCH", format!("{field}: {m}"), Some(field), &[])
+                }
+            })
+        };
+        let policy_entry = lookup(EntryRole::Policy, "policy_model", &req.policy_model)?;
+        let cost_entry = lookup(EntryRole::Cost, "cost_model", &req.cost_model)?;
+        let reward_entry = lookup(EntryRole::Reward, "reward_model", &req.reward_model)?;
+
+        // The prompt, checked before any role call.
+        let (scorer_prompt, messages, is_chat) = match req.prompt {
+            None => return Err(invalid("prompt", "set prompt_text or prompt_chat")),
+            Some(pb::generate_request::Prompt::PromptText(t)) => {
+                if t.trim().is_empty() {
+                    return Err(invalid("prompt_text", "must not be empty"));
+                }
+                if t.len() > self.limits.max_prompt_bytes {
+                    let m = format!("prompt_text: at most {} bytes (max_prompt_bytes), got {}", self.limits.max_prompt_bytes, t.len());
+                    return Err(status(Code::InvalidArgument, "LIMIT_EXCEEDED", m, Some("prompt_text"), &[]));
+                }
+                (t.clone(), vec![pb::ChatMessage { role: "user".into(), content: t }], false)
+            }
+            Some(pb::generate_request::Prompt::PromptChat(c)) => {
+                let field = "prompt_chat.messages";
+                in_range(field, c.messages.len() as i64, 1, self.limits.max_chat_messages as i64, "max_chat_messages")?;
+                let bytes: usize = c.messages.iter().map(|m| m.content.len()).sum();
+                if bytes > self.limits.max_prompt_bytes {
+                    let m = format!("{field}: at most {} bytes in all (max_prompt_bytes), got {bytes}", self.limits.max_prompt_bytes);
+                    return Err(status(Code::InvalidArgument, "LIMIT_EXCEEDED", m, Some(field), &[]));
+                }
+                let last_user = c.messages.iter().rev().find(|m| m.role == "user").ok_or_else(|| invalid(field, "needs a message of role \"user\""))?;
+                (last_user.content.clone(), c.messages, true)
+            }
+        };
+
+        let meta = policy_meta(&policy_entry, deadline).await.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names3(&policy_entry, &cost_entry, &reward_entry)))?;
+        let limits = meta.info.limits.unwrap_or_default();
+        let (params, used) = resolve_params(method, &req.params.unwrap_or_default(), &self.limits, &limits)?;
+        let model_ids = [meta.info.model_id.clone()];
+        let has_template = !meta.info.chat_template.is_empty();
+        let policy = Arc::new(MeshPolicy::new(policy_entry.clone(), meta, deadline));
+        let names = names3(&policy_entry, &cost_entry, &reward_entry);
+        let token_ids = if has_template {
+            policy.render_chat(messages).await.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names))?.token_ids
+        } else if is_chat {
+            let m = "prompt_chat: the policy has no chat template; send prompt_text".to_string();
+            return Err(status(Code::FailedPrecondition, "CHAT_TEMPLATE_MISSING", m, Some("prompt_chat"), &[]));
+        } else {
+            policy.tokenize(&scorer_prompt).await.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names))?
+        };
+        let context = limits.max_sequence_tokens.max(2) as usize;
+        if token_ids.len() + 1 >= context {
+            let field = if is_chat { "prompt_chat" } else { "prompt_text" };
+            let m = format!("{field}: renders to {} tokens; the policy's context is {context} (max_sequence_tokens)", token_ids.len());
+            return Err(status(Code::InvalidArgument, "LIMIT_EXCEEDED", m, Some(field), &[]));
+        }
+
+        let (cost_info, reward_info) = tokio::try_join!(
+            scorer_info(&cost_entry, pb::ScorerRole::Cost, "cost_model", &names),
+            scorer_info(&reward_entry, pb::ScorerRole::Reward, "reward_model", &names),
+        )?;
+        let max_items = |i: &pb::ScorerInfoResponse| i.limits.as_ref().map_or(64, |l| l.max_items.max(1) as usize);
+        let roles = Roles::new(
+            policy.clone(),
+            Arc::new(MeshScorer::new(cost_entry.clone(), max_items(&cost_info), deadline)),
+            Arc::new(MeshScorer::new(reward_entry.clone(), max_items(&reward_info), deadline)),
+        );
+        let models = pb::ModelsUsed {
+            policy: Some(pb::ModelRef { name: policy_entry.name.clone(), model_id: model_ids[0].clone() }),
+            cost: Some(pb::ModelRef { name: cost_entry.name.clone(), model_id: cost_info.model_id.clone() }),
+            reward: Some(pb::ModelRef { name: reward_entry.name.clone(), model_id: reward_info.model_id.clone() }),
+            critic: None,
+        };
+        let prompt = search::Prompt {
+            text: scorer_prompt,
+            token_ids,
+            max_sequence_tokens: context,
+            max_logit_biases: limits.max_logit_biases.max(0) as usize,
+        };
+        Ok(Prepared { method, wire_method, params, used, prompt, policy, roles, models, names })
+    }
+
+    /// Runs a prepared search until `deadline`, reporting steps to `progress`.
+    async fn execute(
+        &self,
+        job: Prepared,
+        started: Instant,
+        deadline: Instant,
+        progress: &(dyn Fn(Step) + Send + Sync),
+    ) -> Result<pb::GenerationResult, Status> {
+        let Prepared { method, wire_method, params, used, prompt, policy, roles, models, names } = job;
+        let span = tracing::info_span!("search", method = method.name(), samples = params.samples, beam_width = params.beam_width);
+        let _ = span.enter();
+        let run = search::run(method, &params, &prompt, &roles, progress);
+        let outcome: Outcome = match tokio::time::timeout_at(deadline.into(), run).await {
+            Err(_) => return Err(deadline_status()),
+            Ok(Err(e)) => return Err(search_status(&e, &names)),
+            Ok(Ok(o)) => o,
+        };
+        let text = match tokio::time::timeout_at(deadline.into(), policy.detokenize(outcome.token_ids.clone())).await {
+            Err(_) => return Err(deadline_status()),
+            Ok(r) => r.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names))?,
+        };
+        let times = roles.times();
+        let total = started.elapsed();
+        metrics::histogram!("ig_guard_search_seconds", "method" => method.name()).record(total.as_secs_f64());
+        metrics::counter!("ig_guard_searches_total", "method" => method.name(), "safe" => outcome.safe.to_string()).increment(1);
+        tracing::info!(
+            method = method.name(),
+            safe = outcome.safe,
+            reward = outcome.reward,
+            cost = outcome.cost,
+            steps = outcome.steps,
+            generated_tokens = outcome.generated_tokens,
+            total_ms = total.as_millis() as u64,
+            "search done"
+        );
+        Ok(pb::GenerationResult {
+            text,
+            token_ids: outcome.token_ids,
+            finish_reason: match outcome.finish {
+                search::Finish::Stop => pb::FinishReason::Stop,
+                _ => pb::FinishReason::Length,
+            } as i32,
+            reward: outcome.reward,
+            cost: outcome.cost,
+            z: outcome.z,
+            min_z: outcome.min_z,
+            safe: outcome.safe,
+            step_count: outcome.steps as i32,
+            candidate_count: outcome.candidates as i64,
+            resample_round_count: outcome.resample_rounds as i32,
+            generated_token_count: outcome.generated_tokens as i64,
+            timings: Some(pb::RoleTimings {
+                policy_ns: times.policy.as_nanos() as i64,
+                cost_ns: times.cost.as_nanos() as i64,
+                reward_ns: times.reward.as_nanos() as i64,
+                critic_ns: 0,
+                total_ns: total.as_nanos() as i64,
+            }),
+            models: Some(models),
+            method: wire_method as i32,
+            params: Some(used),
+        })
+    }
+
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            let m = format!("this replica runs {} searches at once (max_concurrent_requests); retry later or elsewhere", self.limits.max_concurrent_requests);
+            status(Code::ResourceExhausted, "OVERLOADED", m, None, &[])
+        })
+    }
+
+    /// Lists the registry's models.
+    pub fn list(&self, role: pb::ModelRole) -> Vec<pb::RegisteredModel> {
+        let snapshot = self.registry.snapshot();
+        snapshot
+            .entries
+            .iter()
+            .filter(|e| role == pb::ModelRole::Unspecified || model_role(e.role) == role)
+            .map(|e| pb::RegisteredModel {
+                name: e.name.clone(),
+                role: model_role(e.role) as i32,
+                registry_default: e.default,
+                description: e.description.clone(),
+                replica_count: e.replicas.len() as i32,
+                ready_replica_count: e.ready_count() as i32,
+                info: e.info().map(|i| match i {
+                    RoleInfo::Policy(p) => pb::registered_model::Info::PolicyInfo(p),
+                    RoleInfo::Scorer(s) => pb::registered_model::Info::ScorerInfo(s),
+                }),
+            })
+            .collect()
+    }
+}
+
+fn model_role(r: EntryRole) -> pb::ModelRole {
+    match r {
+        EntryRole::Policy => pb::ModelRole::Policy,
+        EntryRole::Cost => pb::ModelRole::Cost,
+        EntryRole::Reward => pb::ModelRole::Reward,
+        EntryRole::Critic => pb::ModelRole::Critic,
+    }
+}
+
+fn names3(p: &Entry, c: &Entry, r: &Entry) -> [String; 3] {
+    [p.name.clone(), c.name.clone(), r.name.clone()]
+}
+
+fn search_error(role: RoleKind, error: RoleError) -> SearchError {
+    SearchError { role, error }
+}
+
+fn deadline_status() -> Status {
+    status(Code::DeadlineExceeded, "DEADLINE_EXCEEDED", "the search did not finish before the request's deadline".into(), None, &[])
+}
+
+/// A role failure as the guard's status: UNAVAILABLE names the role and model.
+fn search_status(e: &SearchError, names: &[String; 3]) -> Status {
+    let model = match e.role {
+        RoleKind::Policy => &names[0],
+        RoleKind::Cost => &names[1],
+        RoleKind::Reward => &names[2],
+    };
+    let meta = [("role", e.role.as_str()), ("model", model.as_str())];
+    let m = e.to_string();
+    match &e.error {
+        RoleError::Unavailable(_) => status(Code::Unavailable, "ROLE_UNAVAILABLE", m, None, &meta),
+        RoleError::Overloaded(_) => status(Code::ResourceExhausted, "OVERLOADED", m, None, &meta),
+        RoleError::DeadlineExceeded(_) => deadline_status(),
+        RoleError::Cancelled => status(Code::Cancelled, "CANCELLED", m, None, &meta),
+        RoleError::InvalidArgument { .. } | RoleError::FailedPrecondition(_) => {
+            status(Code::FailedPrecondition, "ROLE_REFUSED", m, None, &meta)
+        }
+        RoleError::Internal(_) => {
+            tracing::error!(error = %m, "role failure");
+            status(Code::Internal, "ROLE_ERROR", m, None, &meta)
+        }
+    }
+}
+
+/// A scorer's Info (cached by the health loop, else fetched), checked for its role.
+async fn scorer_info(entry: &Arc<Entry>, want: pb::ScorerRole, field: &str, names: &[String; 3]) -> Result<pb::ScorerInfoResponse, Status> {
+    let info = match entry.info() {
+        Some(RoleInfo::Scorer(i)) => i,
+        _ => {
+            let role = if want == pb::ScorerRole::Cost { RoleKind::Cost } else { RoleKind::Reward };
+            let got = crate::mesh::with_failover(entry, entry.replicas_to_try(), |r| async move {
+                let info = fetch_info(entry.role, &r).await?;
+                r.set_info(info.clone());
+                Ok(info)
+            })
+            .await
+            .map_err(|e| search_status(&search_error(role, e), names))?;
+            match got {
+                RoleInfo::Scorer(i) => i,
+                RoleInfo::Policy(_) => return Err(Status::internal("a scorer answered as a policy")),
+            }
+        }
+    };
+    if info.role() != want {
+        let m = format!(
+            "{field}: {:?} is registered as a {} model but its scorer ({}) says {}",
+            entry.name,
+            entry.role.as_str(),
+            info.model_id,
+            info.role().as_str_name()
+        );
+        return Err(status(Code::FailedPrecondition, "MODEL_ROLE_MISMATCH", m, Some(field), &[]));
+    }
+    Ok(info)
+}
+
+fn from_stream_request(r: pb::GenerateStreamRequest) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        prompt: r.prompt.map(|p| match p {
+            pb::generate_stream_request::Prompt::PromptText(t) => pb::generate_request::Prompt::PromptText(t),
+            pb::generate_stream_request::Prompt::PromptChat(c) => pb::generate_request::Prompt::PromptChat(c),
+        }),
+        method: r.method,
+        params: r.params,
+        policy_model: r.policy_model,
+        cost_model: r.cost_model,
+        reward_model: r.reward_model,
+        critic: r.critic,
+    }
+}
+
+fn step_event(s: Step, started: Instant) -> pb::StepEvent {
+    pb::StepEvent {
+        step_index: s.index as i32,
+        candidate_count: s.candidates as i32,
+        safe_fraction: s.safe_fraction,
+        best_score: s.best_score,
+        best_z: s.best_z,
+        resample_round_count: s.resample_rounds as i32,
+        response_token_count: s.response_tokens as i32,
+        generated_token_count: s.generated_tokens as i64,
+        live_beam_count: s.live_beams as i32,
+        finished_beam_count: s.finished_beams as i32,
+        elapsed_ns: started.elapsed().as_nanos() as i64,
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GuardService for GuardServer {
+    async fn info(&self, _: Request<pb::GuardInfoRequest>) -> Result<Response<pb::GuardInfoResponse>, Status> {
+        let l = &self.limits;
+        Ok(Response::new(pb::GuardInfoResponse {
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            methods: Method::ALL.iter().map(|&m| wire_method(m) as i32).collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
+            limits: Some(pb::GuardLimits {
+                max_prompt_bytes: l.max_prompt_bytes as i32,
+                max_chat_messages: l.max_chat_messages as i32,
+                max_samples_count: l.max_samples_count as i32,
+                max_new_tokens: l.max_new_tokens as i32,
+                max_resamples: l.max_resamples as i32,
+                max_duration_ns: l.max_duration.as_nanos() as i64,
+                max_concurrent_requests: l.max_concurrent_requests as i32,
+                max_message_bytes: l.max_message_bytes as i32,
+            }),
+        }))
+    }
+
+    async fn list_models(&self, req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let role = pb::ModelRole::try_from(req.get_ref().role).map_err(|_| invalid("role", format!("unknown value {}", req.get_ref().role)))?;
+        Ok(Response::new(pb::ListModelsResponse { models: self.list(role) }))
+    }
+
+    async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
+        let started = Instant::now();
+        let deadline = self.deadline(&req);
+        let _slot = self.admit()?;
+        // Stop a margin early so the client gets DEADLINE_EXCEEDED from us, not CANCELLED from the transport.
+        let work = async {
+            let job = self.prepare(req.into_inner(), deadline).await?;
+            self.execute(job, started, deadline, &|_| {}).await
+        };
+        let result = match tokio::time::timeout_at((deadline - Duration::from_millis(10).min(deadline - started)).into(), work).await {
+            Err(_) => Err(deadline_status()),
+            Ok(r) => r,
+        }?;
+        Ok(Response::new(pb::GenerateResponse { result: Some(result) }))
+    }
+
+    type GenerateStreamStream = EventStream;
+
+    async fn generate_stream(&self, req: Request<pb::GenerateStreamRequest>) -> Result<Response<EventStream>, Status> {
+        let started = Instant::now();
+        let deadline = self.deadline(&req);
+        let slot = self.admit()?;
+        let job = self.prepare(from_stream_request(req.into_inner()), deadline).await?;
+        let (tx, rx) = mpsc::channel::<Result<pb::GenerateStreamResponse, Status>>(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let events = tx.clone();
+            let progress = move |s: Step| {
+                let msg = pb::GenerateStreamResponse { event: Some(pb::generate_stream_response::Event::Step(step_event(s, started))) };
+                // A slow reader loses progress events, never the result.
+                let _ = events.try_send(Ok(msg));
+            };
+            let work = this.execute(job, started, deadline, &progress);
+            tokio::select! {
+                // The client went away: dropping the search cancels every role call in flight.
+                _ = tx.closed() => tracing::info!("client cancelled the search"),
+                r = work => {
+                    let msg = r.map(|result| pb::GenerateStreamResponse { event: Some(pb::generate_stream_response::Event::Result(result)) });
+                    let _ = tx.send(msg).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_limits() -> pb::PolicyLimits {
+        pb::PolicyLimits {
+            max_sequence_tokens: 2048,
+            max_prefixes: 64,
+            max_children_per_prefix: 256,
+            max_candidates: 256,
+            max_chunk_tokens: 64,
+            max_top_k: 50,
+            max_logit_biases: 1024,
+            max_text_bytes: 1 << 16,
+            max_message_bytes: 1 << 22,
+        }
+    }
+
+    #[test]
+    fn defaults_resolve_and_unused_fields_stay_unset() {
+        let (p, used) = resolve_params(Method::InferenceGuard, &pb::SearchParams::default(), &GuardLimits::default(), &policy_limits()).unwrap();
+        assert_eq!((p.samples, p.beam_width, p.chunk_tokens, p.max_new_tokens, p.max_resamples), (128, 32, 32, 128, 2));
+        assert!(used.seed.is_some() && used.args_top_k.is_none() && used.lagrange_lambda.is_none());
+        let given = pb::SearchParams { samples_count: Some(10), ..Default::default() };
+        let (p, _) = resolve_params(Method::BeamAugmented, &given, &GuardLimits::default(), &policy_limits()).unwrap();
+        assert_eq!(p.beam_width, 2);
+        let (_, used) = resolve_params(Method::Args, &given, &GuardLimits::default(), &policy_limits()).unwrap();
+        assert!(used.samples_count.is_none() && used.args_top_k == Some(20) && used.seed.is_none());
+    }
+
+    #[test]
+    fn bad_parameters_name_the_field() {
+        let limits = GuardLimits::default();
+        let cases: Vec<(Method, pb::SearchParams, &str)> = vec![
+            (Method::InferenceGuard, pb::SearchParams { samples_count: Some(4), beam_width: Some(5), ..Default::default() }, "params.beam_width"),
+            (Method::InferenceGuard, pb::SearchParams { chunk_tokens: Some(0), ..Default::default() }, "params.chunk_tokens"),
+            (Method::InferenceGuard, pb::SearchParams { chunk_tokens: Some(65), ..Default::default() }, "params.chunk_tokens"),
+            (Method::BonAugmented, pb::SearchParams { samples_count: Some(257), ..Default::default() }, "params.samples_count"),
+            (Method::Base, pb::SearchParams { max_new_tokens: Some(0), ..Default::default() }, "params.max_new_tokens"),
+            (Method::Base, pb::SearchParams { temperature: Some(-1.0), ..Default::default() }, "params.temperature"),
+            (Method::Base, pb::SearchParams { top_p: Some(0.0), ..Default::default() }, "params.top_p"),
+            (Method::InferenceGuard, pb::SearchParams { max_resamples: Some(9), ..Default::default() }, "params.max_resamples"),
+            (Method::InferenceGuard, pb::SearchParams { unsafe_penalty: Some(0.0), ..Default::default() }, "params.unsafe_penalty"),
+            (Method::BonLagrangian, pb::SearchParams { lagrange_lambda: Some(f64::NAN), ..Default::default() }, "params.lagrange_lambda"),
+            (Method::Args, pb::SearchParams { args_top_k: Some(51), ..Default::default() }, "params.args_top_k"),
+            (Method::Base, pb::SearchParams { safety_budget: Some(f64::INFINITY), ..Default::default() }, "params.safety_budget"),
+        ];
+        for (method, given, field) in cases {
+            let err = resolve_params(method, &given, &limits, &policy_limits()).unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+            assert!(err.message().starts_with(&format!("{field}: ")), "{} should name {field}", err.message());
+        }
+        // A parameter the method does not use is not checked.
+        let ignored = pb::SearchParams { args_top_k: Some(0), ..Default::default() };
+        assert!(resolve_params(Method::Base, &ignored, &limits, &policy_limits()).is_ok());
+    }
+
+    #[test]
+    fn critic_methods_are_unimplemented_and_unknown_ones_invalid() {
+        assert_eq!(method_of(pb::Method::Recontrol as i32).unwrap_err().code(), Code::Unimplemented);
+        assert_eq!(method_of(99).unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(method_of(0).unwrap().0, Method::InferenceGuard);
+    }
+}

