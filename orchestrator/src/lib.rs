@@ -5,13 +5,15 @@
 //! - [`registry`]: named role endpoints from a TOML file, re-read on change.
 //! - [`mesh`]: the role traits over gRPC, with failover and spreading.
 //! - [`guard`]: the public `GuardService`.
-//! - [`policy_client`], [`scorer_client`], [`channel`]: typed role clients.
+//! - [`guard_client`], [`policy_client`], [`scorer_client`], [`channel`]:
+//!   typed clients.
 //!
 //! A search's state lives only as long as its request: any replica of the
 //! orchestrator serves any request.
 
 pub mod channel;
 pub mod guard;
+pub mod guard_client;
 pub mod mesh;
 pub mod policy_client;
 pub mod registry;
@@ -26,6 +28,7 @@ use std::time::Duration;
 pub use channel::ClientError;
 use clap::Args;
 pub use guard::{GuardLimits, GuardServer};
+pub use guard_client::GuardClient;
 use ig_proto::v1::guard_service_server::GuardServiceServer;
 use ig_serve::engine::EngineState;
 use ig_serve::ServeOptions;

@@ -1,0 +1,61 @@
+//! A typed client of `inferenceguard.v1.GuardService`, the public API.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use ig_proto::v1 as pb;
+use ig_proto::v1::guard_service_client::GuardServiceClient;
+use tonic::transport::Channel;
+
+pub use crate::channel::ClientError;
+use crate::channel::{connect_lazy, wait_serving};
+use crate::guard::SERVICE_NAME;
+
+/// A connection to one orchestrator.
+#[derive(Debug, Clone)]
+pub struct GuardClient {
+    endpoint: String,
+    channel: Channel,
+    inner: GuardServiceClient<Channel>,
+}
+
+impl GuardClient {
+    /// Connects lazily to `endpoint` (e.g. `http://127.0.0.1:50050`).
+    pub fn connect_lazy(endpoint: &str) -> Result<Self, ClientError> {
+        let channel = connect_lazy(endpoint)?;
+        Ok(Self { endpoint: endpoint.into(), inner: GuardServiceClient::new(channel.clone()), channel })
+    }
+
+    /// Waits until the orchestrator's health check says SERVING.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClientError> {
+        wait_serving(&self.channel, &self.endpoint, SERVICE_NAME, timeout).await
+    }
+
+    /// The registry's models.
+    pub async fn list_models(&self) -> Result<Vec<pb::RegisteredModel>, ClientError> {
+        Ok(self.inner.clone().list_models(pb::ListModelsRequest { role: 0 }).await?.into_inner().models)
+    }
+
+    /// Runs one guarded generation, calling `on_step` for each progress
+    /// event; `timeout` becomes the request's deadline.
+    pub async fn generate_stream(
+        &self,
+        req: pb::GenerateStreamRequest,
+        timeout: Option<Duration>,
+        mut on_step: impl FnMut(&pb::StepEvent),
+    ) -> Result<pb::GenerationResult, ClientError> {
+        let mut request = tonic::Request::new(req);
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
+        let mut stream = self.inner.clone().generate_stream(request).await?.into_inner();
+        while let Some(msg) = stream.next().await {
+            match msg?.event {
+                Some(pb::generate_stream_response::Event::Step(s)) => on_step(&s),
+                Some(pb::generate_stream_response::Event::Result(r)) => return Ok(r),
+                None => {}
+            }
+        }
+        Err(ClientError::Status(tonic::Status::internal("the stream ended without a result")))
+    }
+}
