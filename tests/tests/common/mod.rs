@@ -59,3 +59,104 @@ impl PolicyUnderTest {
         self.task.take().unwrap().await.unwrap().unwrap();
     }
 }
+
+/// The demo roles (policy, cost and reward scorers), started once per test
+/// binary on a runtime of their own so that every test of the binary shares
+/// them (loading the models once).
+pub struct SharedRoles {
+    pub policy: SocketAddr,
+    pub cost: SocketAddr,
+    pub reward: SocketAddr,
+}
+
+/// Starts the shared roles on first use and waits until they serve.
+pub fn shared_roles() -> &'static SharedRoles {
+    static ROLES: std::sync::OnceLock<SharedRoles> = std::sync::OnceLock::new();
+    ROLES.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+                let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+                let (pl, cl, rl) = (bind().await, bind().await, bind().await);
+                let roles = SharedRoles { policy: pl.local_addr().unwrap(), cost: cl.local_addr().unwrap(), reward: rl.local_addr().unwrap() };
+                let policy = Wrap::parse_from(["ig-policy", "--dtype", "f32"]).policy;
+                let cost = ig_scorer::ScorerArgs::with_model(&root.join("models/heads/cost-minilm-l6.safetensors"), roles.cost);
+                let reward = ig_scorer::ScorerArgs::with_model(&root.join("models/heads/reward-minilm-l6.safetensors"), roles.reward);
+                let forever = std::future::pending::<()>;
+                tokio::spawn(ig_policy::run(policy, pl, forever()));
+                tokio::spawn(ig_scorer::run(cost, cl, forever()));
+                tokio::spawn(ig_scorer::run(reward, rl, forever()));
+                let p = PolicyClient::connect_lazy(&format!("http://{}", roles.policy)).unwrap();
+                let c = ig_orchestrator::ScorerClient::connect_lazy(&format!("http://{}", roles.cost)).unwrap();
+                let r = ig_orchestrator::ScorerClient::connect_lazy(&format!("http://{}", roles.reward)).unwrap();
+                let wait = Duration::from_secs(300);
+                tokio::try_join!(p.wait_ready(wait), c.wait_ready(wait), r.wait_ready(wait)).unwrap();
+                tx.send(roles).unwrap();
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("the shared roles failed to start")
+    })
+}
+
+/// The registry of the shared roles, with the cost model under `cost_names`
+/// (the first one the default) and `extra_cost_endpoints` before the live one.
+pub fn registry_toml(roles: &SharedRoles, cost_names: &[&str], extra_cost_endpoints: &[String]) -> String {
+    let mut s = format!("[[policy]]\nname = \"smollm2\"\nendpoints = [\"http://{}\"]\n\n", roles.policy);
+    for (i, name) in cost_names.iter().enumerate() {
+        let mut endpoints: Vec<String> = extra_cost_endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+        endpoints.push(format!("\"http://{}\"", roles.cost));
+        s += &format!("[[scorer]]\nname = \"{name}\"\nrole = \"cost\"\nendpoints = [{}]\ndefault = {}\n\n", endpoints.join(", "), i == 0);
+    }
+    s += &format!("[[scorer]]\nname = \"minilm-reward\"\nrole = \"reward\"\nendpoints = [\"http://{}\"]\n", roles.reward);
+    s
+}
+
+/// An address nothing listens on.
+pub async fn dead_endpoint() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}")
+}
+
+/// An orchestrator running in this test's runtime over a registry file.
+pub struct GuardUnderTest {
+    pub addr: SocketAddr,
+    pub client: ig_proto::v1::guard_service_client::GuardServiceClient<tonic::transport::Channel>,
+    pub registry: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl GuardUnderTest {
+    /// Starts an orchestrator over `registry` (TOML), re-reading it every 100 ms.
+    pub async fn start(registry: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.toml");
+        std::fs::write(&path, registry).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut args = ig_orchestrator::OrchestratorArgs::with_registry(&path, addr);
+        args.registry_poll_seconds = 0.1;
+        args.health_interval_seconds = 0.2;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(ig_orchestrator::run(args, listener, async move {
+            let _ = stopped.await;
+        }));
+        let guard = ig_orchestrator::GuardClient::connect_lazy(&format!("http://{addr}")).unwrap();
+        guard.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let channel = ig_orchestrator::channel::connect_lazy(&format!("http://{addr}")).unwrap();
+        let client = ig_proto::v1::guard_service_client::GuardServiceClient::new(channel);
+        Self { addr, client, registry: path, _dir: dir, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the orchestrator.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
