@@ -36,3 +36,30 @@ async fn python_grpcio_client_calls_info_and_extends_a_prompt() {
     assert!(summary["invalid_request"]["details"].as_str().unwrap().starts_with("prefixes:"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn python_grpcio_client_calls_generate_and_reads_stream_events() {
+    let roles = common::shared_roles();
+    let g = common::GuardUnderTest::start(&common::registry_toml(roles, &["minilm-cost"], &[])).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let output = tokio::process::Command::new(std::env::var("IG_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(root.join("tests/python/guard_client.py"))
+        .args(["--target", &g.addr.to_string()])
+        .current_dir(&root)
+        .output()
+        .await
+        .expect("python3 must be installed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the Python client failed:\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert_eq!(summary["methods"], 9);
+    assert_eq!(summary["unary"]["method"], "METHOD_INFERENCE_GUARD");
+    let steps = summary["stream_steps"].as_array().unwrap();
+    assert_eq!(steps.len() as u64, summary["stream_result"]["step_count"].as_u64().unwrap());
+    assert!(!steps.is_empty());
+    // Same seed through both RPCs: the same response.
+    assert_eq!(summary["stream_result"]["token_ids"], summary["unary_token_ids"]);
+    assert_eq!(summary["invalid_request"]["code"], "INVALID_ARGUMENT");
+    assert!(summary["invalid_request"]["details"].as_str().unwrap().starts_with("params.chunk_tokens:"));
+    g.stop().await;
+}
