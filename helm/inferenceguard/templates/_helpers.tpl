@@ -73,11 +73,18 @@ inferenceguard.dev/score-role: {{ . }}
 {{- printf "%s-headless" (include "ig.roleFullname" .) }}
 {{- end }}
 
-{{/* The registry address of a role: its headless Service, which resolves to one address per
-ready pod, so the orchestrator balances calls over the replicas itself. */}}
+{{/* The gRPC port a role listens on: `ports.guard` for the orchestrator (the Guard API),
+`ports.grpc` for the model roles. */}}
+{{- define "ig.grpcPort" -}}
+{{- $root := index . 0 }}{{ $role := index . 1 -}}
+{{- if eq $role.kind "orchestrator" }}{{ $root.Values.ports.guard }}{{ else }}{{ $root.Values.ports.grpc }}{{ end }}
+{{- end }}
+
+{{/* The registry endpoint of a role: its headless Service, which resolves to the ready pods'
+addresses. Each orchestrator replica keeps one HTTP/2 connection per endpoint, to one of them. */}}
 {{- define "ig.endpoint" -}}
 {{- $root := index . 0 -}}
-{{- printf "dns:///%s.%s.svc.%s:%v" (include "ig.headlessName" .) $root.Release.Namespace $root.Values.clusterDomain $root.Values.ports.grpc }}
+{{- printf "http://%s.%s.svc.%s:%s" (include "ig.headlessName" .) $root.Release.Namespace $root.Values.clusterDomain (include "ig.grpcPort" .) }}
 {{- end }}
 
 {{- define "ig.serviceAccountName" -}}
@@ -174,43 +181,31 @@ would make a Service name longer than 63 characters.
 {{- toYaml (dict "roles" $out) }}
 {{- end }}
 
-{{/* The orchestrator's registry file, from the enabled roles. */}}
+{{/* The orchestrator's registry file (TOML, the format ig-orchestrator reads), from the
+enabled roles: one [[policy]], [[scorer]] or [[critic]] entry per role, named after it. Strings go
+through toJson, whose escapes are valid in TOML basic strings. */}}
 {{- define "ig.registry" -}}
-{{- $roles := (include "ig.roles" . | fromYaml).roles }}
-{{- $scorers := list }}
-{{- $critics := list }}
+{{- $roles := (include "ig.roles" . | fromYaml).roles -}}
+# Rendered by the inferenceguard chart from its roles list. ig-orchestrator re-reads this file
+# when it changes; requests name these models in policy_model, cost_model and reward_model.
+{{- range $section := list "policy" "scorer" "critic" }}
 {{- range $roles }}
-{{- if eq .kind "scorer" }}{{ $scorers = append $scorers . }}{{ end }}
-{{- if eq .kind "critic" }}{{ $critics = append $critics . }}{{ end }}
-{{- end -}}
-# Rendered by the inferenceguard chart from its roles list; re-read on change.
-{{- range $roles }}
-{{- if eq .kind "policy" }}
-policy:
-  name: {{ .name }}
-  endpoints: [{{ include "ig.endpoint" (list $ .) | quote }}]
+{{- if eq .kind $section }}
+
+[[{{ $section }}]]
+name = {{ .name | toJson }}
+{{- with .scoreRole }}
+role = {{ . | toJson }}
+{{- end }}
+{{- if .default }}
+default = true
+{{- end }}
+{{- with .description }}
+description = {{ . | toJson }}
+{{- end }}
+endpoints = [{{ include "ig.endpoint" (list $ .) | toJson }}]
 {{- end }}
 {{- end }}
-{{- if $scorers }}
-scorers:
-{{- range $scorers }}
-  - name: {{ .name }}
-    role: {{ .scoreRole }}
-    default: {{ .default | default false }}
-    endpoints: [{{ include "ig.endpoint" (list $ .) | quote }}]
-{{- end }}
-{{- else }}
-scorers: []
-{{- end }}
-{{- if $critics }}
-critics:
-{{- range $critics }}
-  - name: {{ .name }}
-    default: {{ .default | default false }}
-    endpoints: [{{ include "ig.endpoint" (list $ .) | quote }}]
-{{- end }}
-{{- else }}
-critics: []
 {{- end }}
 {{- end }}
 
@@ -240,7 +235,7 @@ critics: []
   "policy" (list "ig-policy")
   "scorer" (list "ig-scorer")
   "critic" (list "ig-critic")
-  "orchestrator" (list "inferenceguard" "serve" "guard") }}
+  "orchestrator" (list "ig-orchestrator") }}
 {{- toYaml ($role.command | default (index $byKind $role.kind)) }}
 {{- end }}
 
@@ -265,7 +260,7 @@ the role sets one and does not set IG_THREADS itself.
 {{- define "ig.env" -}}
 {{- $root := index . 0 }}{{ $role := index . 1 -}}
 {{- $env := dict
-  "IG_LISTEN" (printf "0.0.0.0:%v" $root.Values.ports.grpc)
+  "IG_LISTEN" (printf "0.0.0.0:%s" (include "ig.grpcPort" .))
   "IG_METRICS_LISTEN" (printf "0.0.0.0:%v" $root.Values.ports.metrics)
   "OTEL_SERVICE_NAME" (printf "inferenceguard-%s" $role.name) }}
 {{- with $root.Values.otel.endpoint }}
@@ -278,7 +273,7 @@ the role sets one and does not set IG_THREADS itself.
 {{- $_ := set $env "IG_SCORE_ROLE" $role.scoreRole }}
 {{- end }}
 {{- if eq $role.kind "orchestrator" }}
-{{- $_ := set $env "IG_REGISTRY" (printf "%s/registry.yaml" $root.Values.registry.mountPath) }}
+{{- $_ := set $env "IG_REGISTRY" (printf "%s/registry.toml" $root.Values.registry.mountPath) }}
 {{- end }}
 {{- range $k, $v := $root.Values.env }}{{ $_ := set $env $k $v }}{{ end }}
 {{- range $k, $v := $role.env }}{{ $_ := set $env $k $v }}{{ end }}
@@ -292,13 +287,22 @@ the role sets one and does not set IG_THREADS itself.
 {{- toYaml (concat $list ($role.extraEnv | default list)) }}
 {{- end }}
 
-{{/* One probe of a role (`list $ $role "startup"`): a native gRPC health check on the gRPC
-port, with the role's timings or else the chart's. */}}
+{{/* One probe of a role (`list $ $role "startup"`): a native gRPC health check on the role's
+gRPC port, with the role's timings or else the chart's. It asks about the role's own service
+(`inferenceguard.v1.PolicyService`, ...), which is NOT_SERVING until the model is loaded and
+while draining; the whole server ("") is SERVING as soon as it listens. `service: ""` asks
+about the whole server instead. */}}
 {{- define "ig.probe" -}}
 {{- $root := index . 0 }}{{ $role := index . 1 }}{{ $which := index . 2 -}}
 {{- $p := dig $which (dict) ($role.probes | default dict) | default (index $root.Values.probes $which) | deepCopy }}
-{{- $grpc := dict "port" $root.Values.ports.grpc }}
-{{- with $p.service }}{{ $_ := set $grpc "service" . }}{{ end }}
+{{- $services := dict
+  "policy" "inferenceguard.v1.PolicyService"
+  "scorer" "inferenceguard.v1.ScorerService"
+  "critic" "inferenceguard.v1.CriticService"
+  "orchestrator" "inferenceguard.v1.GuardService" }}
+{{- $service := hasKey $p "service" | ternary $p.service (index $services $role.kind) }}
+{{- $grpc := dict "port" (include "ig.grpcPort" (list $root $role) | int) }}
+{{- with $service }}{{ $_ := set $grpc "service" . }}{{ end }}
 {{- $_ := unset $p "service" }}
 {{- toYaml (merge (dict "grpc" $grpc) $p) }}
 {{- end }}
