@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1.7
 #
-# One image with every binary of the workspace: ig-policy, ig-scorer, ig-critic and the
-# `inferenceguard` command line (orchestrator `serve guard`, `assets fetch`, ...). Kubernetes
-# picks the binary with the container's `command` (see helm/ and k8s/).
+# One image with every binary of the workspace: ig-policy, ig-scorer, ig-orchestrator (and
+# ig-critic once that crate exists) and the `inferenceguard` command line (`assets fetch`, `up`,
+# `generate`, ...). Kubernetes picks the binary with the container's `command` (see helm/ and
+# k8s/).
 #
 # CPU build (the default):
 #   docker build -t ghcr.io/inferenceguard/inferenceguard-mesh:0.1.0 .
@@ -33,8 +34,8 @@ FROM ${BUILD_BASE} AS builder
 ARG CARGO_FEATURES=""
 # Compute capability candle's CUDA kernels are compiled for (read only by the CUDA build).
 ARG CUDA_COMPUTE_CAP=90
-# The build fails unless every one of these binaries was built.
-ARG REQUIRED_BINS="inferenceguard ig-policy ig-scorer"
+# The build fails unless every one of these binaries was built (add ig-critic once it exists).
+ARG REQUIRED_BINS="inferenceguard ig-policy ig-scorer ig-orchestrator"
 
 ENV RUSTUP_HOME=/usr/local/rustup \
     CARGO_HOME=/usr/local/cargo \
@@ -108,6 +109,7 @@ ENV INFERENCEGUARD_HOME=/models \
 
 USER 10001:10001
 WORKDIR /tmp
-# 50051: gRPC (role API, grpc.health.v1, reflection). 9000: Prometheus /metrics.
-EXPOSE 50051 9000
+# 50051: gRPC of the model roles (role API, grpc.health.v1, reflection). 50050: gRPC of the
+# orchestrator (the Guard API). 9000: Prometheus /metrics.
+EXPOSE 50050 50051 9000
 CMD ["inferenceguard", "--help"]
