@@ -44,7 +44,7 @@ impl MethodArg {
 #[derive(Debug, Clone, Args)]
 pub struct SearchArgs {
     /// The search strategy.
-    #[arg(long, value_enum, default_value = "inference-guard")]
+    #[arg(long, value_enum, default_value = "inference_guard")]
     pub method: MethodArg,
     /// Candidates per step [N] (Best-of-N: samples).
     #[arg(long)]

@@ -264,9 +264,12 @@ impl GuardServer {
         let snapshot = self.registry.snapshot();
         let lookup = |role: EntryRole, field: &str, name: &str| -> Result<Arc<Entry>, Status> {
             snapshot.resolve(role, name).map_err(|e| match e {
-                LookupError::NotFound(m) => status(Code::NotFound, "MODEL_NOT_FOUND", format!("{field}: {m}"), Some(field), &[]),
+                LookupError::NotFound(m) => {
+                    status(Code::NotFound, "MODEL_NOT_FOUND", format!("{field}: {m}"), Some(field), &[("role", role.as_str()), ("model", name)])
+                }
                 LookupError::RoleMismatch(m) => {
-                    status(Code::FailedPrecondition, "MODEL_ROLE_MISMATCH", format!("{field}: {m}"), Some(field), &[])
+                    let meta = [("model", name), ("expected", role.as_str())];
+                    status(Code::FailedPrecondition, "MODEL_ROLE_MISMATCH", format!("{field}: {m}"), Some(field), &meta)
                 }
             })
         };
@@ -513,7 +516,8 @@ async fn scorer_info(entry: &Arc<Entry>, want: pb::ScorerRole, field: &str, name
             info.model_id,
             info.role().as_str_name()
         );
-        return Err(status(Code::FailedPrecondition, "MODEL_ROLE_MISMATCH", m, Some(field), &[]));
+        let meta = [("model", entry.name.as_str()), ("expected", want.as_str_name()), ("actual", info.role().as_str_name())];
+        return Err(status(Code::FailedPrecondition, "MODEL_ROLE_MISMATCH", m, Some(field), &meta));
     }
     Ok(info)
 }

@@ -130,7 +130,8 @@ pub(super) async fn run(
     let mut response_len = 0;
     while beams.iter().any(|b| b.finish == Finish::Open) && response_len < p.max_new_tokens {
         let (open, mut kept): (Vec<Beam>, Vec<Beam>) = beams.into_iter().partition(|b| b.finish == Finish::Open);
-        let children = split_children(plan.samples, open.len());
+        // Best-of-N draws its N samples from the prompt, then continues each alone.
+        let children = if plan.score_steps || steps == 0 { split_children(plan.samples, open.len()) } else { vec![1; open.len()] };
         let chunk_tokens = p.chunk_tokens.min(p.max_new_tokens - response_len);
         let mut biases: Vec<HashMap<i32, f32>> = vec![HashMap::new(); open.len()];
         let mut pool = Vec::new();
@@ -496,6 +497,21 @@ mod tests {
         let (out, _) = search(Method::BonAugmented, &p, &roles).await;
         assert!(!out.safe);
         assert_eq!(out.z, -out.cost);
+    }
+
+    #[tokio::test]
+    async fn best_of_n_continues_each_sample_once_when_some_stop_early() {
+        let policy = Arc::new(SyntheticPolicy { stop_every: 4, ..SyntheticPolicy::new() });
+        let roles = synthetic::roles(policy.clone(), &[]);
+        search(Method::BonAugmented, &params(8, 8, 2, 8), &roles).await;
+        let calls = policy.calls.lock().unwrap().clone();
+        assert_eq!(calls[0].prefixes[0].children, 8);
+        assert!(calls.len() > 1 && calls[1..].iter().all(|c| c.prefixes.iter().all(|p| p.children == 1)));
+        let mut seen: Vec<Vec<i32>> = calls[1..].iter().flat_map(|c| c.prefixes.iter().map(|p| p.token_ids.clone())).collect();
+        let n = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), n, "no sample is continued twice");
     }
 
     #[tokio::test]
