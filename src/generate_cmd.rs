@@ -3,49 +3,25 @@
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::builder::TypedValueParser;
+use clap::Args;
 use ig_orchestrator::search::Method;
 use ig_orchestrator::GuardClient;
 use ig_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// The methods, by their snake-case names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[value(rename_all = "snake_case")]
-pub enum MethodArg {
-    InferenceGuard,
-    Base,
-    BonLagrangian,
-    BonAugmented,
-    BeamLagrangian,
-    BeamAugmented,
-    Args,
-    ArgsLagrangian,
-    ArgsCost,
-}
-
-impl MethodArg {
-    pub fn method(self) -> Method {
-        match self {
-            MethodArg::InferenceGuard => Method::InferenceGuard,
-            MethodArg::Base => Method::Base,
-            MethodArg::BonLagrangian => Method::BonLagrangian,
-            MethodArg::BonAugmented => Method::BonAugmented,
-            MethodArg::BeamLagrangian => Method::BeamLagrangian,
-            MethodArg::BeamAugmented => Method::BeamAugmented,
-            MethodArg::Args => Method::Args,
-            MethodArg::ArgsLagrangian => Method::ArgsLagrangian,
-            MethodArg::ArgsCost => Method::ArgsCost,
-        }
-    }
+/// Parses a method by its snake-case name (`inference_guard`, `base`, ...).
+fn method_parser() -> impl clap::builder::TypedValueParser<Value = Method> {
+    clap::builder::PossibleValuesParser::new(Method::ALL.map(Method::name))
+        .map(|name| *Method::ALL.iter().find(|m| m.name() == name).expect("a possible value"))
 }
 
 /// Search parameters; unset ones take the server's defaults (docs/search.md).
 #[derive(Debug, Clone, Args)]
 pub struct SearchArgs {
     /// The search strategy.
-    #[arg(long, value_enum, default_value = "inference_guard")]
-    pub method: MethodArg,
+    #[arg(long, value_parser = method_parser(), default_value = "inference_guard")]
+    pub method: Method,
     /// Candidates per step [N] (Best-of-N: samples).
     #[arg(long)]
     pub samples: Option<i32>,
@@ -82,7 +58,7 @@ impl SearchArgs {
     pub fn request(&self, prompt: &str) -> pb::GenerateStreamRequest {
         pb::GenerateStreamRequest {
             prompt: Some(pb::generate_stream_request::Prompt::PromptText(prompt.to_string())),
-            method: ig_orchestrator::guard::wire_method(self.method.method()) as i32,
+            method: ig_orchestrator::guard::wire_method(self.method) as i32,
             params: Some(pb::SearchParams {
                 samples_count: self.samples,
                 beam_width: self.beam_width,
@@ -131,7 +107,7 @@ pub async fn generate_with_progress(
     search: &SearchArgs,
     timeout: Duration,
 ) -> anyhow::Result<pb::GenerationResult> {
-    let method = search.method.method();
+    let method = search.method;
     let max_new = search.max_new_tokens.unwrap_or(128).max(1) as u64;
     let steps = if method.is_chunked() { max_new.div_ceil(search.chunk_tokens.unwrap_or(32).max(1) as u64) } else { max_new };
     let bar = ProgressBar::new(steps).with_style(

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use ig_orchestrator::search::Method;
 use ig_orchestrator::{GuardClient, PolicyClient, ScorerClient};
 use ig_serve::telemetry::LogFormat;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::generate_cmd::{generate_with_progress, MethodArg, SearchArgs};
+use crate::generate_cmd::{generate_with_progress, SearchArgs};
 
 /// The score models the mesh runs beside the policy.
 #[derive(Debug, Clone, Args)]
@@ -230,7 +231,7 @@ pub async fn demo(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
         println!();
         let mut rows = Vec::new();
         for (kind, prompt) in [("harmful", &args.harmful), ("benign", &args.benign)] {
-            for method in [MethodArg::Base, MethodArg::InferenceGuard] {
+            for method in [Method::Base, Method::InferenceGuard] {
                 let search = SearchArgs {
                     method,
                     samples: Some(args.samples),
@@ -245,7 +246,7 @@ pub async fn demo(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
                     reward_model: String::new(),
                 };
                 let r = generate_with_progress(&guard, prompt, &search, Duration::from_secs(600)).await?;
-                rows.push((kind, prompt.clone(), method.method().name(), r));
+                rows.push((kind, prompt.clone(), method.name(), r));
             }
         }
         print_side_by_side(&rows);
