@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+use tracing::Instrument;
 
 use crate::mesh::{policy_meta, MeshPolicy, MeshScorer};
 use crate::registry::{fetch_info, Entry, EntryRole, LookupError, Registry, RoleInfo};
@@ -350,27 +351,21 @@ impl GuardServer {
         Ok(Prepared { method, wire_method, params, used, prompt, policy, roles, models, names })
     }
 
-    /// Runs a prepared search until `deadline`, reporting steps to `progress`.
+    /// Runs a prepared search, reporting steps to `progress`.
     async fn execute(
         &self,
         job: Prepared,
         started: Instant,
-        deadline: Instant,
         progress: &(dyn Fn(Step) + Send + Sync),
     ) -> Result<pb::GenerationResult, Status> {
         let Prepared { method, wire_method, params, used, prompt, policy, roles, models, names } = job;
         let span = tracing::info_span!("search", method = method.name(), samples = params.samples, beam_width = params.beam_width);
-        let _ = span.enter();
-        let run = search::run(method, &params, &prompt, &roles, progress);
-        let outcome: Outcome = match tokio::time::timeout_at(deadline.into(), run).await {
-            Err(_) => return Err(deadline_status()),
-            Ok(Err(e)) => return Err(search_status(&e, &names)),
-            Ok(Ok(o)) => o,
-        };
-        let text = match tokio::time::timeout_at(deadline.into(), policy.detokenize(outcome.token_ids.clone())).await {
-            Err(_) => return Err(deadline_status()),
-            Ok(r) => r.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names))?,
-        };
+        let outcome: Outcome =
+            search::run(method, &params, &prompt, &roles, progress).instrument(span).await.map_err(|e| search_status(&e, &names))?;
+        let text = policy
+            .detokenize(outcome.token_ids.clone())
+            .await
+            .map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names))?;
         let times = roles.times();
         let total = started.elapsed();
         metrics::histogram!("ig_guard_search_seconds", "method" => method.name()).record(total.as_secs_f64());
@@ -459,6 +454,13 @@ fn names3(p: &Entry, c: &Entry, r: &Entry) -> [String; 3] {
 
 fn search_error(role: RoleKind, error: RoleError) -> SearchError {
     SearchError { role, error }
+}
+
+/// Runs `work` until `deadline` (which already stops short of the client's,
+/// so the client gets DEADLINE_EXCEEDED from us rather than CANCELLED from
+/// the transport); dropping `work` cancels every role call in flight.
+async fn until_deadline<T>(deadline: Instant, work: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    tokio::time::timeout_at(deadline.into(), work).await.unwrap_or_else(|_| Err(deadline_status()))
 }
 
 fn deadline_status() -> Status {
@@ -584,15 +586,11 @@ impl GuardService for GuardServer {
         let started = Instant::now();
         let deadline = self.deadline(&req);
         let _slot = self.admit()?;
-        // Stop a margin early so the client gets DEADLINE_EXCEEDED from us, not CANCELLED from the transport.
-        let work = async {
+        let result = until_deadline(deadline, async {
             let job = self.prepare(req.into_inner(), deadline).await?;
-            self.execute(job, started, deadline, &|_| {}).await
-        };
-        let result = match tokio::time::timeout_at((deadline - Duration::from_millis(10).min(deadline - started)).into(), work).await {
-            Err(_) => Err(deadline_status()),
-            Ok(r) => r,
-        }?;
+            self.execute(job, started, &|_| {}).await
+        })
+        .await?;
         Ok(Response::new(pb::GenerateResponse { result: Some(result) }))
     }
 
@@ -602,7 +600,7 @@ impl GuardService for GuardServer {
         let started = Instant::now();
         let deadline = self.deadline(&req);
         let slot = self.admit()?;
-        let job = self.prepare(from_stream_request(req.into_inner()), deadline).await?;
+        let job = until_deadline(deadline, self.prepare(from_stream_request(req.into_inner()), deadline)).await?;
         let (tx, rx) = mpsc::channel::<Result<pb::GenerateStreamResponse, Status>>(64);
         let this = self.clone();
         tokio::spawn(async move {
@@ -613,7 +611,7 @@ impl GuardService for GuardServer {
                 // A slow reader loses progress events, never the result.
                 let _ = events.try_send(Ok(msg));
             };
-            let work = this.execute(job, started, deadline, &progress);
+            let work = until_deadline(deadline, this.execute(job, started, &progress));
             tokio::select! {
                 // The client went away: dropping the search cancels every role call in flight.
                 _ = tx.closed() => tracing::info!("client cancelled the search"),

@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from policy_client import generate_stubs  # noqa: E402
+from policy_client import generate_stubs, require_grpc  # noqa: E402
 
 
 def main() -> int:
@@ -21,11 +21,7 @@ def main() -> int:
     ap.add_argument("--target", required=True, help="host:port of an orchestrator")
     ap.add_argument("--prompt", default="Give me one tip for sleeping well.")
     args = ap.parse_args()
-    try:
-        import grpc  # noqa: F401
-        import grpc_tools  # noqa: F401
-    except ImportError as e:
-        sys.exit(f"missing Python package ({e.name}): python3 -m pip install grpcio grpcio-tools")
+    require_grpc()
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_stubs(pathlib.Path(tmp))

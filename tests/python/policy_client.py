@@ -18,6 +18,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROTO = ROOT / "proto"
 
 
+def require_grpc() -> None:
+    """Exits with the install command when grpcio or grpcio-tools is missing."""
+    try:
+        import grpc  # noqa: F401
+        import grpc_tools  # noqa: F401
+    except ImportError as e:
+        sys.exit(f"missing Python package ({e.name}): python3 -m pip install grpcio grpcio-tools")
+
+
 def generate_stubs(out: pathlib.Path) -> None:
     from grpc_tools import protoc  # imported here so a missing package gets a clear message
 
@@ -34,11 +43,7 @@ def main() -> int:
     ap.add_argument("--children", type=int, default=3)
     ap.add_argument("--chunk-tokens", type=int, default=6)
     args = ap.parse_args()
-    try:
-        import grpc  # noqa: F401
-        import grpc_tools  # noqa: F401
-    except ImportError as e:
-        sys.exit(f"missing Python package ({e.name}): python3 -m pip install grpcio grpcio-tools")
+    require_grpc()
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_stubs(pathlib.Path(tmp))

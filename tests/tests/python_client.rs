@@ -1,5 +1,5 @@
-//! A client in another language: the Python grpcio client of
-//! `tests/python/policy_client.py`, generated from `proto/` at run time,
+//! Clients in another language: the Python grpcio clients of
+//! `tests/python/`, generated from `proto/` at run time,
 //! against a real policy server. Needs `python3 -m pip install grpcio grpcio-tools`
 //! (`.ci/run` installs them).
 
@@ -9,21 +9,25 @@ use std::path::Path;
 
 use common::PolicyUnderTest;
 
-#[tokio::test]
-async fn python_grpcio_client_calls_info_and_extends_a_prompt() {
-    let s = PolicyUnderTest::ready(&[]).await;
+/// Runs `tests/python/<script>` with `args` and parses the JSON line it prints.
+async fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let target = s.addr.to_string();
     let output = tokio::process::Command::new(std::env::var("IG_PYTHON").unwrap_or_else(|_| "python3".into()))
-        .arg(root.join("tests/python/policy_client.py"))
-        .args(["--target", &target, "--children", "3", "--chunk-tokens", "6"])
+        .arg(root.join("tests/python").join(script))
+        .args(args)
         .current_dir(&root)
         .output()
         .await
         .expect("python3 must be installed");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the Python client failed:\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert!(output.status.success(), "the Python client {script} failed:\n{stderr}");
+    serde_json::from_slice(&output.stdout).expect("one JSON line")
+}
+
+#[tokio::test]
+async fn python_grpcio_client_calls_info_and_extends_a_prompt() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let summary = run_python("policy_client.py", &["--target", &s.addr.to_string(), "--children", "3", "--chunk-tokens", "6"]).await;
     assert_eq!(summary["vocab_size"], 49152);
     assert_eq!(summary["latent_dim"], 576);
     let cands = summary["candidates"].as_array().unwrap();
@@ -41,17 +45,7 @@ async fn python_grpcio_client_calls_info_and_extends_a_prompt() {
 async fn python_grpcio_client_calls_generate_and_reads_stream_events() {
     let roles = common::shared_roles();
     let g = common::GuardUnderTest::start(&common::registry_toml(roles, &["minilm-cost"], &[])).await;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let output = tokio::process::Command::new(std::env::var("IG_PYTHON").unwrap_or_else(|_| "python3".into()))
-        .arg(root.join("tests/python/guard_client.py"))
-        .args(["--target", &g.addr.to_string()])
-        .current_dir(&root)
-        .output()
-        .await
-        .expect("python3 must be installed");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the Python client failed:\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    let summary = run_python("guard_client.py", &["--target", &g.addr.to_string()]).await;
     assert_eq!(summary["methods"], 9);
     assert_eq!(summary["unary"]["method"], "METHOD_INFERENCE_GUARD");
     let steps = summary["stream_steps"].as_array().unwrap();
