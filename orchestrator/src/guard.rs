@@ -307,7 +307,7 @@ impl GuardServer {
         let meta = policy_meta(&policy_entry, deadline).await.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names3(&policy_entry, &cost_entry, &reward_entry)))?;
         let limits = meta.info.limits.unwrap_or_default();
         let (params, used) = resolve_params(method, &req.params.unwrap_or_default(), &self.limits, &limits)?;
-        let model_ids = [meta.info.model_id.clone()];
+        let policy_model_id = meta.info.model_id.clone();
         let has_template = !meta.info.chat_template.is_empty();
         let policy = Arc::new(MeshPolicy::new(policy_entry.clone(), meta, deadline));
         let names = names3(&policy_entry, &cost_entry, &reward_entry);
@@ -337,7 +337,7 @@ impl GuardServer {
             Arc::new(MeshScorer::new(reward_entry.clone(), max_items(&reward_info), deadline)),
         );
         let models = pb::ModelsUsed {
-            policy: Some(pb::ModelRef { name: policy_entry.name.clone(), model_id: model_ids[0].clone() }),
+            policy: Some(pb::ModelRef { name: policy_entry.name.clone(), model_id: policy_model_id }),
             cost: Some(pb::ModelRef { name: cost_entry.name.clone(), model_id: cost_info.model_id.clone() }),
             reward: Some(pb::ModelRef { name: reward_entry.name.clone(), model_id: reward_info.model_id.clone() }),
             critic: None,
