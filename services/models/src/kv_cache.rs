@@ -1,26 +1,38 @@
 //! The key/value cache of a group of sequences, kept outside the model.
 //!
-//! All rows of one cache have the same length. Tensors are immutable and
-//! reference-counted, so [`KvCache::clone`] (a fork) is cheap and both forks
-//! can grow independently; row operations ([`KvCache::select_rows`]) copy.
+//! All rows of one cache have the same length. Each layer's keys and values
+//! live in a buffer preallocated for `capacity` positions and written in
+//! place, so a decoding step copies only its new position instead of the
+//! whole history (growing by concatenation costs O(length) per step).
+//! Buffers are shared between clones: [`KvCache::clone`] (a fork) is cheap,
+//! and the first write to a shared buffer copies it (copy on write), so forks
+//! grow independently. Row operations ([`KvCache::select_rows`]) copy.
 
-use candle_core::Tensor;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
 
 use crate::{ModelError, Result};
 
-/// Keys and values of every layer for `rows` sequences of `len` positions,
-/// each `(rows, kv_heads, len, head_dim)`.
+/// Positions added beyond the need when full buffers grow.
+pub const GROWTH: usize = 32;
+
+/// One layer's `(keys, values)`, each `(rows, kv_heads, capacity, head_dim)`.
+type LayerBuffers = Option<(Tensor, Tensor)>;
+
+/// Keys and values of every layer for `rows` sequences of `len` positions.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Arc<Vec<LayerBuffers>>,
     rows: usize,
     len: usize,
+    capacity: usize,
 }
 
 impl KvCache {
     /// An empty cache for a model of `num_layers` blocks.
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers], rows: 0, len: 0 }
+        Self { layers: Arc::new(vec![None; num_layers]), rows: 0, len: 0, capacity: 0 }
     }
 
     /// Positions cached per row.
@@ -38,7 +50,12 @@ impl KvCache {
         self.rows
     }
 
-    /// Bytes held by the cache's tensors.
+    /// Positions per row the buffers hold before they must grow.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes held by the cache's buffers (capacity, not just length).
     pub fn size_bytes(&self) -> usize {
         self.layers
             .iter()
@@ -47,55 +64,123 @@ impl KvCache {
             .sum()
     }
 
+    /// Bytes one position of one row takes across all layers, for a model of
+    /// this shape (what a KV byte budget divides by).
+    pub fn bytes_per_position(num_layers: usize, kv_heads: usize, head_dim: usize, dtype: DType) -> usize {
+        2 * num_layers * kv_heads * head_dim * dtype.size_in_bytes()
+    }
+
+    fn device(&self) -> Result<Device> {
+        let first = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone());
+        first.ok_or_else(|| ModelError::Shape("non-empty cache without tensors".into()))
+    }
+
     /// A cache whose row `i` is this cache's row `rows[i]`: keeps, drops,
     /// duplicates or reorders rows (beam search, forking a prefix into
-    /// children).
-    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+    /// children). The copy has room for `extra` more positions per row.
+    pub fn select_rows_reserving(&self, rows: &[usize], extra: usize) -> Result<Self> {
         if let Some(&bad) = rows.iter().find(|&&r| r >= self.rows.max(1)) {
             return Err(ModelError::Shape(format!("row {bad} of a cache with {} rows", self.rows)));
         }
         if self.is_empty() {
-            return Ok(Self { layers: self.layers.clone(), rows: rows.len(), len: 0 });
+            return Ok(Self { layers: Arc::new(vec![None; self.layers.len()]), rows: rows.len(), len: 0, capacity: 0 });
         }
-        let device = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone());
-        let device = device.ok_or_else(|| ModelError::Shape("non-empty cache without tensors".into()))?;
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let idx = Tensor::from_vec(idx, rows.len(), &device)?;
+        let idx = Tensor::from_vec(idx, rows.len(), &self.device()?)?;
+        let capacity = self.len + extra;
+        let copy = |t: &Tensor| -> Result<Tensor> {
+            let picked = t.narrow(2, 0, self.len)?.index_select(&idx, 0)?;
+            Self::with_capacity(&picked, capacity)
+        };
         let layers = self
             .layers
             .iter()
-            .map(|l| match l {
-                Some((k, v)) => Ok(Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))),
-                None => Ok(None),
-            })
+            .map(|l| l.as_ref().map(|(k, v)| Ok((copy(k)?, copy(v)?))).transpose())
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, rows: rows.len(), len: self.len })
+        Ok(Self { layers: Arc::new(layers), rows: rows.len(), len: self.len, capacity })
     }
 
-    /// `n` copies of a one-row cache (the children of one prefix).
-    pub fn expand(&self, n: usize) -> Result<Self> {
+    /// [`Self::select_rows_reserving`] without extra room beyond what this cache has.
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        self.select_rows_reserving(rows, self.capacity - self.len)
+    }
+
+    /// `n` copies of a one-row cache (the children of one prefix), with room
+    /// for `extra` more positions each.
+    pub fn expand(&self, n: usize, extra: usize) -> Result<Self> {
         if self.rows > 1 {
             return Err(ModelError::Shape(format!("expand needs a one-row cache, this one has {} rows", self.rows)));
         }
-        self.select_rows(&vec![0; n])
+        self.select_rows_reserving(&vec![0; n], extra)
     }
 
-    /// Appends one layer's new keys and values and returns the whole of that
-    /// layer. The length advances once every layer is done ([`Self::advance`]).
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let slot = self
+    /// `data` (`(rows, heads, len, dim)`, contiguous) copied into a buffer of
+    /// `capacity >= len` positions.
+    fn with_capacity(data: &Tensor, capacity: usize) -> Result<Tensor> {
+        let (rows, heads, len, dim) = data.dims4()?;
+        if capacity == len {
+            return Ok(data.contiguous()?);
+        }
+        let buf = Tensor::zeros((rows, heads, capacity, dim), data.dtype(), data.device())?;
+        buf.slice_set(&data.contiguous()?, 2, 0)?;
+        Ok(buf)
+    }
+
+    /// Makes room for `t` new positions per row, owning the buffers alone:
+    /// copies them when a fork shares them or when they are full. Full
+    /// buffers grow by [`GROWTH`] positions beyond `t`, so a caller that did
+    /// not reserve ahead ([`Self::expand`]) still copies only every few steps.
+    pub fn reserve(&mut self, t: usize) -> Result<()> {
+        let shared = Arc::strong_count(&self.layers) > 1;
+        if self.is_empty() || (!shared && self.len + t <= self.capacity) {
+            return Ok(());
+        }
+        let capacity = if self.len + t <= self.capacity { self.capacity } else { self.len + t + GROWTH };
+        let grow = |b: &Tensor| -> Result<Tensor> { Self::with_capacity(&b.narrow(2, 0, self.len)?, capacity) };
+        let layers = self
             .layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| Ok((grow(k)?, grow(v)?))).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        self.layers = Arc::new(layers);
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Writes one layer's new keys and values (`(rows, kv_heads, t, dim)`)
+    /// after the cached positions and returns views of the whole of that
+    /// layer. Call [`Self::reserve`] first; the length advances once every
+    /// layer is done ([`Self::advance`]).
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let (len, capacity) = (self.len, self.capacity);
+        let layers = Arc::get_mut(&mut self.layers)
+            .ok_or_else(|| ModelError::Shape("KV cache written while shared: call reserve first".into()))?;
+        let slot = layers
             .get_mut(layer)
             .ok_or_else(|| ModelError::Shape(format!("layer {layer} of a cache with fewer layers")))?;
-        let kv = match slot.take() {
-            None => (k, v),
-            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
-        };
-        *slot = Some(kv.clone());
-        Ok(kv)
+        match slot {
+            None => {
+                // The first positions: their own tensors are the buffers.
+                *slot = Some((k.contiguous()?, v.contiguous()?));
+                let (k, v) = slot.as_ref().expect("just set");
+                Ok((k.clone(), v.clone()))
+            }
+            Some((ck, cv)) => {
+                if len + t > capacity {
+                    return Err(ModelError::Shape(format!("{t} new positions after {len} exceed the reserved {capacity}")));
+                }
+                ck.slice_set(&k.contiguous()?, 2, len)?;
+                cv.slice_set(&v.contiguous()?, 2, len)?;
+                Ok((ck.narrow(2, 0, len + t)?, cv.narrow(2, 0, len + t)?))
+            }
+        }
     }
 
     pub(crate) fn advance(&mut self, rows: usize, t: usize) {
+        if self.is_empty() {
+            self.capacity = t;
+        }
         self.rows = rows;
         self.len += t;
     }
@@ -121,7 +206,7 @@ mod tests {
 
     fn keys(c: &KvCache, layer: usize) -> Vec<Vec<f32>> {
         let (k, _) = c.layers[layer].as_ref().unwrap();
-        k.squeeze(3).unwrap().squeeze(1).unwrap().to_vec2().unwrap()
+        k.narrow(2, 0, c.len).unwrap().squeeze(3).unwrap().squeeze(1).unwrap().to_vec2().unwrap()
     }
 
     #[test]
@@ -139,16 +224,46 @@ mod tests {
     #[test]
     fn forks_grow_independently() -> Result<()> {
         let base = filled(1, 2)?;
-        let mut fork = base.expand(2)?;
+        let mut fork = base.expand(2, 1)?;
         let new = Tensor::from_vec(vec![7f32, 8.], (2, 1, 1, 1), &Device::Cpu)?;
+        fork.reserve(1)?;
         fork.append(0, new.clone(), new.clone())?;
         fork.append(1, new.clone(), new)?;
         fork.advance(2, 1);
         assert_eq!(keys(&fork, 0), vec![vec![0., 1., 7.], vec![0., 1., 8.]]);
         assert_eq!((base.rows(), base.len()), (1, 2), "the original is untouched");
         assert_eq!(keys(&base, 0), vec![vec![0., 1.]]);
-        assert!(fork.expand(3).is_err(), "only one-row caches expand");
+        assert!(fork.expand(3, 0).is_err(), "only one-row caches expand");
         assert_eq!(fork.size_bytes(), 2 * 2 * 2 * 3 * 4);
+        Ok(())
+    }
+
+    fn append_row_values(c: &mut KvCache, value: f32) -> Result<()> {
+        c.reserve(1)?;
+        let new = Tensor::full(value, (c.rows(), 1, 1, 1), &Device::Cpu)?;
+        for layer in 0..2 {
+            c.append(layer, new.clone(), new.clone())?;
+        }
+        c.advance(c.rows(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_shared_buffer_is_copied_on_write_and_full_buffers_grow_ahead() -> Result<()> {
+        let base = filled(1, 2)?;
+        let mut fork = base.clone();
+        append_row_values(&mut fork, 9.)?;
+        assert_eq!(keys(&base, 0), vec![vec![0., 1.]], "the original is untouched");
+        assert_eq!(keys(&fork, 0), vec![vec![0., 1., 9.]]);
+        assert_eq!(fork.capacity(), 3 + GROWTH);
+        // Within capacity and unshared: written in place, no new buffer.
+        let before = Arc::as_ptr(&fork.layers);
+        append_row_values(&mut fork, 10.)?;
+        assert!(std::ptr::eq(before, Arc::as_ptr(&fork.layers)));
+        assert_eq!(keys(&fork, 1), vec![vec![0., 1., 9., 10.]]);
+        // Reserved room survives a row selection.
+        let picked = fork.select_rows_reserving(&[0, 0], 5)?;
+        assert_eq!((picked.rows(), picked.len(), picked.capacity()), (2, 4, 9));
         Ok(())
     }
 }

@@ -484,6 +484,9 @@ impl Llama {
             shapes.push((s.rows, t, start));
             all_tokens.extend_from_slice(s.tokens);
         }
+        for (s, &(_, t, _)) in segments.iter_mut().zip(&shapes) {
+            s.cache.reserve(t)?;
+        }
         let n = all_tokens.len();
         let ids = Tensor::from_vec(all_tokens, n, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // (n, hidden)

@@ -215,7 +215,8 @@ impl LlamaPolicy {
         // Per live row of every group (groups in order), its next-token logits.
         let mut row_logits: Vec<Vec<f32>> = Vec::new();
         for (i, (p, start)) in req.prefixes.iter().zip(starts).enumerate() {
-            let kv = if p.children == 1 { start.kv } else { start.kv.expand(p.children)? };
+            // Room for the whole chunk now, so decoding writes in place.
+            let kv = start.kv.expand(p.children, req.chunk_tokens)?;
             row_logits.extend(std::iter::repeat_n(start.logits, p.children));
             groups.push(Group {
                 prefix_index: i,
