@@ -7,7 +7,6 @@
 //! model options and limits; [`run`] loads the model on its own thread and
 //! serves [`service::ScorerServer`] with health and reflection.
 
-pub mod batcher;
 pub mod service;
 pub mod validate;
 
@@ -92,19 +91,24 @@ impl ScorerArgs {
             max_inflight_items: self.max_inflight_items,
         }
     }
+
+    /// How these flags load the model.
+    pub fn options(&self) -> anyhow::Result<ScorerOptions> {
+        Ok(ScorerOptions {
+            model: self.model.clone(),
+            trunk: self.trunk.clone(),
+            role: self.role,
+            template: self.template.clone(),
+            max_tokens: Some(self.max_tokens),
+            dtype: self.dtype,
+            device: parse_device(&self.device)?,
+        })
+    }
 }
 
 /// Loads the score model on a model thread; returns at once.
 pub fn start_engine(args: &ScorerArgs) -> anyhow::Result<Engine<ScoreModel>> {
-    let opts = ScorerOptions {
-        model: args.model.clone(),
-        trunk: args.trunk.clone(),
-        role: args.role,
-        template: args.template.clone(),
-        max_tokens: Some(args.max_tokens),
-        dtype: args.dtype,
-        device: parse_device(&args.device)?,
-    };
+    let opts = args.options()?;
     tracing::info!(model = %opts.model.display(), role = ?opts.role, "loading the score model");
     Ok(Engine::spawn("scorer", args.queue_depth, move || {
         let mut model = ScoreModel::load(&opts)?;
@@ -116,6 +120,17 @@ pub fn start_engine(args: &ScorerArgs) -> anyhow::Result<Engine<ScoreModel>> {
 /// Serves the scorer on `listener` until `shutdown` resolves.
 pub async fn run(args: ScorerArgs, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let engine = start_engine(&args)?;
+    serve(engine, &args, listener, shutdown).await
+}
+
+/// Serves a model already on its thread (the caller may keep a handle to
+/// `engine`, e.g. to call it in-process too) on `listener` until `shutdown`.
+pub async fn serve<B: ScorerBackend>(
+    engine: Engine<B>,
+    args: &ScorerArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let limits = args.limits();
     let transport_cap = limits.max_message_bytes.saturating_mul(4);
     let state = engine.watch_state();

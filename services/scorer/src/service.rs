@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, OnceCell, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::batcher::{BatchTiming, Batcher};
+use ig_serve::batcher::{BatchTiming, Batcher};
 use crate::validate;
 
 /// Name of the service in `grpc.health.v1`.

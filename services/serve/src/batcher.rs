@@ -1,4 +1,6 @@
-//! Batching across concurrent callers.
+//! Batching a score model's work across concurrent callers (the scorer
+//! server, and the orchestrator's in-process roles, put it in front of the
+//! model thread).
 //!
 //! Callers queue their (already validated) items; a single task takes
 //! whatever has queued while the model was busy, up to `max_batch_items`, and
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use ig_core::policy::WorkControl;
 use ig_core::scorer::{ScoreInput, ScoreOutput, ScorerBackend};
 use ig_core::RoleError;
-use ig_serve::Engine;
+use crate::Engine;
 use tokio::sync::{mpsc, oneshot};
 
 /// Time a caller's items spent waiting and computing.

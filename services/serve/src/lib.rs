@@ -3,6 +3,8 @@
 //! - [`engine`]: the model thread. One OS thread owns the model and its
 //!   caches; async handlers send it jobs and await replies, so a forward pass
 //!   never blocks a tokio worker.
+//! - [`batcher`]: merges concurrent callers' score requests into one model
+//!   call of a score model.
 //! - [`server`]: `serve(listener, routes, ...)`: the role's tonic routes plus
 //!   `grpc.health.v1` (NOT_SERVING until the model is warm) and server
 //!   reflection, with graceful shutdown.
@@ -12,6 +14,7 @@
 //! - [`telemetry`]: structured logs, OpenTelemetry traces and metrics,
 //!   Prometheus scraping.
 
+pub mod batcher;
 pub mod engine;
 pub mod process;
 pub mod server;
