@@ -128,6 +128,29 @@ pub fn wire_method(m: Method) -> pb::Method {
     }
 }
 
+/// Resolved parameters in wire form, every field set: a request that asks a
+/// guard for exactly this search (e.g. the one run in-process).
+pub fn search_params(p: &Params) -> pb::SearchParams {
+    pb::SearchParams {
+        samples_count: Some(p.samples as i32),
+        beam_width: Some(p.beam_width as i32),
+        chunk_tokens: Some(p.chunk_tokens as i32),
+        max_new_tokens: Some(p.max_new_tokens as i32),
+        max_resamples: Some(p.max_resamples as i32),
+        resample_penalty: Some(p.resample_penalty),
+        temperature: Some(p.temperature),
+        top_p: Some(p.top_p),
+        seed: Some(p.seed as i64),
+        safety_budget: Some(p.safety_budget),
+        unsafe_penalty: Some(p.unsafe_penalty),
+        lagrange_lambda: Some(p.lagrange_lambda),
+        args_top_k: Some(p.args_top_k as i32),
+        args_weight: Some(p.args_weight),
+        // The critic methods are not run yet.
+        ..Default::default()
+    }
+}
+
 /// Resolves and checks the parameters against the guard's and the policy's
 /// limits; returns them with the wire form of what the method uses.
 fn resolve_params(
@@ -653,6 +676,18 @@ mod tests {
         assert_eq!(p.beam_width, 2);
         let (_, used) = resolve_params(Method::Args, &given, &GuardLimits::default(), &policy_limits()).unwrap();
         assert!(used.samples_count.is_none() && used.args_top_k == Some(20) && used.seed.is_none());
+    }
+
+    #[test]
+    fn wire_params_resolve_to_themselves() {
+        let p = Params { samples: 16, beam_width: 3, chunk_tokens: 8, max_new_tokens: 24, seed: 9, ..Params::default() };
+        for method in Method::ALL {
+            let (resolved, _) = resolve_params(method, &search_params(&p), &GuardLimits::default(), &policy_limits()).unwrap();
+            let (used, _) = resolve_params(method, &search_params(&resolved), &GuardLimits::default(), &policy_limits()).unwrap();
+            assert_eq!(resolved, used, "{method:?}");
+        }
+        let (resolved, _) = resolve_params(Method::InferenceGuard, &search_params(&p), &GuardLimits::default(), &policy_limits()).unwrap();
+        assert_eq!(resolved, p);
     }
 
     #[test]

@@ -36,6 +36,16 @@ impl GuardClient {
         Ok(self.inner.clone().list_models(pb::ListModelsRequest { role: 0 }).await?.into_inner().models)
     }
 
+    /// Runs one guarded generation; `timeout` becomes the request's deadline.
+    pub async fn generate(&self, req: pb::GenerateRequest, timeout: Option<Duration>) -> Result<pb::GenerationResult, ClientError> {
+        let mut request = tonic::Request::new(req);
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
+        let reply = self.inner.clone().generate(request).await?.into_inner();
+        reply.result.ok_or_else(|| ClientError::Status(tonic::Status::internal("the reply has no result")))
+    }
+
     /// Runs one guarded generation, calling `on_step` for each progress
     /// event; `timeout` becomes the request's deadline.
     pub async fn generate_stream(

@@ -4,6 +4,8 @@
 //!   over small role traits (no gRPC, no candle).
 //! - [`registry`]: named role endpoints from a TOML file, re-read on change.
 //! - [`mesh`]: the role traits over gRPC, with failover and spreading.
+//! - [`in_process`]: the role traits straight on the role models' engines
+//!   (no gRPC), doing the same work as [`mesh`]: to measure its overhead.
 //! - [`guard`]: the public `GuardService`.
 //! - [`guard_client`], [`policy_client`], [`scorer_client`], [`channel`]:
 //!   typed clients.
@@ -14,6 +16,7 @@
 pub mod channel;
 pub mod guard;
 pub mod guard_client;
+pub mod in_process;
 pub mod mesh;
 pub mod policy_client;
 pub mod registry;

@@ -80,7 +80,7 @@ fn timed<T>(msg: T, deadline: Instant) -> tonic::Request<T> {
 }
 
 /// Splits `0..n` into at most `parts` contiguous, near-equal ranges.
-fn spread(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn spread(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     let parts = parts.clamp(1, n.max(1));
     let mut out = Vec::new();
     let mut start = 0;
@@ -170,7 +170,7 @@ impl MeshPolicy {
 
 /// A stopped candidate's text without its stop token's text (the scorers
 /// read the response as the user will).
-fn without_stop_text(stops: &HashMap<i32, String>, ids: &[i32], text: String, finish: Finish) -> String {
+pub(crate) fn without_stop_text(stops: &HashMap<i32, String>, ids: &[i32], text: String, finish: Finish) -> String {
     match (finish, ids.last().and_then(|id| stops.get(id))) {
         (Finish::Stop, Some(stop)) => text.strip_suffix(stop.as_str()).map(str::to_string).unwrap_or(text),
         _ => text,
