@@ -11,7 +11,7 @@ use ig_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Parses a method by its snake-case name (`inference_guard`, `base`, ...).
-fn method_parser() -> impl clap::builder::TypedValueParser<Value = Method> {
+pub(crate) fn method_parser() -> impl clap::builder::TypedValueParser<Value = Method> {
     clap::builder::PossibleValuesParser::new(Method::ALL.map(Method::name))
         .map(|name| *Method::ALL.iter().find(|m| m.name() == name).expect("a possible value"))
 }

@@ -7,7 +7,9 @@
 //! - `extend`: draw children of a prompt from a running policy, one chunk.
 //! - `demo`: fetch the assets, start the mesh, answer a harmful and a benign
 //!   prompt with `base` and `inference_guard` side by side, stop.
-//! - `bench policy`: prefill and batched decode throughput of the policy model.
+//! - `bench policy|scorer|search|soak|plot|all`: the benchmark suite (policy
+//!   and scorer throughput, search time per prompt through the mesh and
+//!   in-process, memory over a soak, charts; `all` runs every one).
 
 mod assets_cmd;
 mod bench;
@@ -60,7 +62,7 @@ enum Command {
     Demo(up::DemoArgs),
     /// Train a demo cost or reward head on frozen MiniLM features (docs/models.md).
     TrainHead(train_head::TrainHeadArgs),
-    /// Measure throughput.
+    /// The benchmark suite: policy and scorer throughput, search time per prompt (mesh and in-process), memory over a soak, charts; `bench all --out DIR` runs every one.
     Bench {
         #[command(subcommand)]
         target: bench::BenchTarget,
@@ -117,7 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Extend(args) => extend_cmd::run(args).await,
         Command::Generate(args) => generate_cmd::run(args).await,
         Command::Demo(args) => up::demo(args, cli.log_format).await,
-        Command::Bench { target } => bench::run(target),
+        Command::Bench { target } => bench::run(target, cli.log_format).await,
         Command::TrainHead(args) => train_head::run(args),
     }
 }
