@@ -138,7 +138,7 @@ async fn serve_policy(
     // As the policy server: the handler, not the transport, refuses a request over the limit.
     let transport_cap = limits.max_message_bytes.saturating_mul(4);
     let state = engine.watch_state();
-    let service = PolicyServiceServer::new(ig_policy::PolicyServer::new(engine, limits))
+    let service = PolicyServiceServer::new(ig_policy::PolicyServer::new(engine, limits, args.queue_depth))
         .max_decoding_message_size(transport_cap)
         .max_encoding_message_size(usize::MAX);
     ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![ig_policy::SERVICE_NAME]), shutdown).await

@@ -114,6 +114,10 @@ where
     if x_max <= x_min {
         // One x value: widen the axis around it.
         (x_min, x_max) = if chart.log_x { (x_min / 2.0, x_max * 2.0) } else { (x_min - 1.0, x_max + 1.0) };
+    } else if chart.markers {
+        // Room for the dots at both ends.
+        let pad = (x_max - x_min) * 0.04;
+        (x_min, x_max) = if chart.log_x { (x_min / 1.15, x_max * 1.15) } else { (x_min - pad, x_max + pad) };
     }
     let y_max = points().map(|(_, y)| y).fold(0.0f64, f64::max).max(1e-3) * 1.05;
     let mut builder = ChartBuilder::on(root);

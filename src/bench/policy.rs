@@ -1,0 +1,202 @@
+//! `bench policy`: the policy model in-process. For each weight dtype and
+//! batch size B: prefill of B prompts of P tokens in one pass, then D decode
+//! steps of B rows. With `--peer`, llama.cpp runs the same workload on the same
+//! GGUF ([`super::llamacpp`]) and the ratios are printed.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use ig_models::kv_cache::KvCache;
+use ig_models::llama::{Llama, Positions, WeightDtype};
+use serde::{Deserialize, Serialize};
+
+use super::llamacpp::{self, PeerRun, PeerWorkload};
+use super::{file_name, list, median, print_table, progress, warm_then_measure, Report};
+
+#[derive(Debug, Args)]
+pub struct PolicyBench {
+    /// Model file or directory (default: the demo SmolLM2 GGUF).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Weight dtypes to compare.
+    #[arg(long, value_delimiter = ',', default_value = "native,q8_0,f32")]
+    dtypes: Vec<WeightDtype>,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+    batches: Vec<usize>,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 64)]
+    prompt_tokens: usize,
+    /// Decode steps per run.
+    #[arg(long, default_value_t = 16)]
+    decode_steps: usize,
+    /// Measured runs per cell (median reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Also run llama.cpp (benches/llamacpp_peer.sh) on the same GGUF and
+    /// workload, with as many threads as candle.
+    #[arg(long)]
+    pub peer: bool,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl PolicyBench {
+    /// A tiny configuration that only checks the pipeline.
+    pub fn quick(&mut self) {
+        (self.dtypes, self.batches, self.prompt_tokens, self.decode_steps, self.runs) = (vec![WeightDtype::F32], vec![1, 4], 16, 4, 1);
+    }
+}
+
+/// The workload, as written to JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PolicyParams {
+    pub model: String,
+    pub dtypes: Vec<String>,
+    pub batches: Vec<usize>,
+    pub prompt_tokens: usize,
+    pub decode_steps: usize,
+    pub runs: usize,
+}
+
+/// One (engine, dtype, batch) measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ThroughputRow {
+    pub dtype: String,
+    pub batch: usize,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    pub ms_per_step: f64,
+}
+
+/// Ours, and llama.cpp's when it ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PolicyResults {
+    pub ours: Vec<ThroughputRow>,
+    pub peer: Option<PeerRun>,
+    /// Why the peer did not run, when asked for and it did not.
+    pub peer_error: Option<String>,
+}
+
+/// One run: prefill `batch` prompts, then `steps` decode steps; returns
+/// (prefill seconds, decode seconds).
+fn one_run(model: &Llama, batch: usize, prompt: &[u32], steps: usize) -> anyhow::Result<(f64, f64)> {
+    let mut cache: KvCache = model.new_cache();
+    let tokens: Vec<u32> = (0..batch).flat_map(|_| prompt.iter().copied()).collect();
+    let t0 = Instant::now();
+    model.forward(&tokens, batch, &mut cache, Positions::Last)?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for step in 0..steps {
+        // Token ids vary per row and step so no path can short-cut them (the peer uses the same).
+        let next: Vec<u32> = (0..batch).map(|r| (100 + r * 7 + step * 13) as u32 % 10_000 + 100).collect();
+        model.forward(&next, batch, &mut cache, Positions::Last)?;
+    }
+    Ok((prefill, t1.elapsed().as_secs_f64()))
+}
+
+pub fn run(args: PolicyBench) -> anyhow::Result<()> {
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => ig_assets::smollm2_gguf()?,
+    };
+    let runs = args.runs.max(1);
+    let bar = progress((args.dtypes.len() * args.batches.len() * (runs + 1)) as u64)?;
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| 200 + (i * 37) % 5000).collect();
+    let mut ours = Vec::new();
+    for &dtype in &args.dtypes {
+        bar.set_message(format!("loading {dtype:?}"));
+        let device = ig_models::Device::Cpu;
+        let model = if path.is_dir() { Llama::from_safetensors_dir(&path, dtype, &device)? } else { Llama::from_gguf(&path, dtype, &device)?.0 };
+        for &batch in &args.batches {
+            bar.set_message(format!("{} batch {batch}", model.weight_dtype()));
+            let times = warm_then_measure(runs, &bar, |_| one_run(&model, batch, &prompt, args.decode_steps))?;
+            let (prefill, decode) = (median(&times.iter().map(|t| t.0).collect::<Vec<_>>()), median(&times.iter().map(|t| t.1).collect::<Vec<_>>()));
+            ours.push(ThroughputRow {
+                dtype: model.weight_dtype().to_string(),
+                batch,
+                prefill_tokens_per_s: (batch * args.prompt_tokens) as f64 / prefill,
+                decode_tokens_per_s: (batch * args.decode_steps) as f64 / decode,
+                ms_per_step: decode * 1e3 / args.decode_steps as f64,
+            });
+        }
+    }
+    bar.finish_and_clear();
+
+    let (peer, peer_error) = if args.peer {
+        let workload = PeerWorkload {
+            model: &path,
+            batches: &args.batches,
+            prompt_tokens: args.prompt_tokens,
+            decode_steps: args.decode_steps,
+            runs,
+            threads: ig_models::num_threads(),
+        };
+        match llamacpp::run(&workload) {
+            Ok(run) => (Some(run), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, None)
+    };
+
+    let params = PolicyParams {
+        model: file_name(&path),
+        dtypes: args.dtypes.iter().map(|d| format!("{d:?}").to_lowercase()).collect(),
+        batches: args.batches.clone(),
+        prompt_tokens: args.prompt_tokens,
+        decode_steps: args.decode_steps,
+        runs,
+    };
+    let report = Report::new("policy", params, PolicyResults { ours, peer, peer_error });
+    let p = &report.params;
+    report.print_heading(
+        "policy: prefill and batched decode, in-process",
+        &format!(
+            "model {}, prompt {} tokens, {} decode steps, batches {}, median of {} runs after 1 warm-up",
+            p.model,
+            p.prompt_tokens,
+            p.decode_steps,
+            list(&p.batches),
+            p.runs
+        ),
+    );
+    print_report(&report.results);
+    report.write(args.json.as_deref())
+}
+
+fn print_report(results: &PolicyResults) {
+    let row = |r: &ThroughputRow| {
+        vec![r.dtype.clone(), r.batch.to_string(), format!("{:.0}", r.prefill_tokens_per_s), format!("{:.1}", r.decode_tokens_per_s), format!("{:.1}", r.ms_per_step)]
+    };
+    let header = ["dtype", "batch", "prefill tok/s", "decode tok/s", "ms/step"];
+    println!("ours (candle):");
+    println!();
+    print_table(&header, &results.ours.iter().map(row).collect::<Vec<_>>());
+    if let Some(error) = &results.peer_error {
+        println!("llama.cpp peer: {error}");
+        println!();
+    }
+    let Some(peer) = &results.peer else { return };
+    println!("{}, threads {}:", peer.engine, peer.threads);
+    println!();
+    print_table(&header, &peer.rows.iter().map(row).collect::<Vec<_>>());
+    println!("ours / llama.cpp (our best dtype at each batch size):");
+    println!();
+    let mut ratios = Vec::new();
+    for theirs in &peer.rows {
+        let at_batch = || results.ours.iter().filter(|r| r.batch == theirs.batch);
+        let best = |key: fn(&ThroughputRow) -> f64| at_batch().max_by(|a, b| key(a).total_cmp(&key(b)));
+        let (Some(decode), Some(prefill)) = (best(|r| r.decode_tokens_per_s), best(|r| r.prefill_tokens_per_s)) else { continue };
+        ratios.push(vec![
+            theirs.batch.to_string(),
+            decode.dtype.clone(),
+            format!("{:.2}x", decode.decode_tokens_per_s / theirs.decode_tokens_per_s),
+            prefill.dtype.clone(),
+            format!("{:.2}x", prefill.prefill_tokens_per_s / theirs.prefill_tokens_per_s),
+        ]);
+    }
+    print_table(&["batch", "best decode dtype", "decode ours/llama.cpp", "best prefill dtype", "prefill ours/llama.cpp"], &ratios);
+}
