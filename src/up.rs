@@ -119,9 +119,11 @@ impl RoleEngines {
     /// until the models are ready.
     pub(crate) async fn in_process(&self) -> anyhow::Result<InProcessRoles<LlamaPolicy>> {
         let scorer = |engine: &Engine<ScoreModel>, args: &ScorerArgs| EngineScorer::new(engine.clone(), &args.limits(), args.max_batch_items, args.queue_depth);
-        let (cost, reward) = (scorer(&self.cost, &self.cost_args), scorer(&self.reward, &self.reward_args));
-        tokio::try_join!(self.cost.ready(), self.reward.ready())?;
-        let policy = EnginePolicy::new(self.policy.clone(), self.policy_args.limits()).await?;
+        let (policy, cost, reward) = tokio::try_join!(
+            EnginePolicy::new(self.policy.clone(), self.policy_args.limits()),
+            scorer(&self.cost, &self.cost_args),
+            scorer(&self.reward, &self.reward_args),
+        )?;
         Ok(InProcessRoles::new(policy, cost, reward))
     }
 }

@@ -29,6 +29,12 @@ pub struct PolicyLimits {
     pub max_text_bytes: usize,
     /// Largest encoded request, in bytes.
     pub max_message_bytes: usize,
+    /// Most rows (live candidates) in one shared forward pass; requests
+    /// that would exceed it wait for the next pass (one larger request runs alone).
+    pub max_batch_rows: usize,
+    /// Byte budget of the KV cache of all extensions in flight together. A
+    /// request whose own KV cache exceeds it is refused; others wait.
+    pub max_kv_cache_bytes: usize,
 }
 
 impl Default for PolicyLimits {
@@ -43,6 +49,8 @@ impl Default for PolicyLimits {
             max_logit_biases: 4096,
             max_text_bytes: 64 * 1024,
             max_message_bytes: 16 * 1024 * 1024,
+            max_batch_rows: 256,
+            max_kv_cache_bytes: 4 << 30,
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct PolicyInfo {
     pub device: String,
     /// Context length of the model (positions it was built for).
     pub max_position_embeddings: usize,
+    /// KV cache bytes one position of one sequence takes (all layers).
+    pub kv_bytes_per_position: usize,
 }
 
 /// One message of a conversation, before templating.
@@ -150,6 +160,11 @@ impl ExtendRequest {
     /// Total number of candidates the request asks for.
     pub fn candidate_count(&self) -> usize {
         self.prefixes.iter().map(|p| p.children).sum()
+    }
+
+    /// KV cache bytes the request holds at the end of its chunk.
+    pub fn kv_cache_bytes(&self, kv_bytes_per_position: usize) -> usize {
+        self.prefixes.iter().map(|p| p.children * (p.token_ids.len() + self.chunk_tokens) * kv_bytes_per_position).sum()
     }
 }
 
@@ -253,23 +268,60 @@ impl<'a> WorkControl<'a> {
     }
 }
 
+/// A chunk extension in progress. It advances one token per
+/// [`PolicyBackend::step_extends`], in forward passes it shares with the other
+/// runs in flight (continuous batching: candidates of concurrent requests
+/// share every matmul).
+pub trait ExtendRun: Send {
+    /// Whether every candidate has finished.
+    fn is_done(&self) -> bool;
+    /// The candidates that finished since the last call, in order.
+    fn take_finished(&mut self) -> Vec<Candidate>;
+    /// Work done so far (`compute` is left to the caller, who sees the
+    /// wall time).
+    fn stats(&self) -> ExtendStats;
+    /// Rows (live candidates) the next step feeds.
+    fn live_rows(&self) -> usize;
+}
+
 /// A loaded causal LM that the policy server drives from one thread.
 pub trait PolicyBackend: Send + 'static {
+    /// An extension in progress.
+    type Run: ExtendRun;
     /// What is served.
     fn info(&self) -> PolicyInfo;
     /// The tokenizer and chat template, shareable with other threads.
     fn codec(&self) -> std::sync::Arc<dyn TextCodec>;
     /// Runs a few tokens through the model so the first request is not slow.
     fn warm_up(&mut self) -> Result<(), RoleError>;
-    /// Extends every prefix by one chunk. Finished candidates are handed to
-    /// `emit` as soon as they are known (grouped by step); `control` is
-    /// checked between forward passes.
+    /// Starts extending every prefix of `request` by one chunk: computes (or
+    /// finds cached) the prefixes' states.
+    fn begin_extend(&mut self, request: &ExtendRequest) -> Result<Self::Run, RoleError>;
+    /// Advances every run by one token in one forward pass. A failure fails
+    /// the pass, so every run in it.
+    fn step_extends(&mut self, runs: &mut [&mut Self::Run]) -> Result<(), RoleError>;
+    /// Extends every prefix by one chunk on its own. Finished candidates are
+    /// handed to `emit` as soon as they are known (grouped by step);
+    /// `control` is checked between forward passes.
     fn extend(
         &mut self,
         request: &ExtendRequest,
         control: &WorkControl<'_>,
         emit: &mut dyn FnMut(Vec<Candidate>),
-    ) -> Result<ExtendStats, RoleError>;
+    ) -> Result<ExtendStats, RoleError> {
+        let started = Instant::now();
+        control.check()?;
+        let mut run = self.begin_extend(request)?;
+        while !run.is_done() {
+            control.check()?;
+            self.step_extends(&mut [&mut run])?;
+            let finished = run.take_finished();
+            if !finished.is_empty() {
+                emit(finished);
+            }
+        }
+        Ok(ExtendStats { compute: started.elapsed(), ..run.stats() })
+    }
     /// The k most likely next tokens of each sequence.
     fn top_k_next(
         &mut self,

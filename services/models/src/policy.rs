@@ -1,28 +1,28 @@
 //! The policy backend: a [`Llama`] plus its tokenizer and a prefix cache,
 //! implementing [`PolicyBackend`] (chunk extension and top-k).
 //!
-//! One `extend` call runs every prefix of the request together: prefixes that
-//! miss the cache are prefilled in one pass, each prefix's cache is forked
-//! into its children, and each decoding step feeds the sampled token of every
-//! live child of every prefix in one forward pass. Every sampled token is fed,
-//! so a candidate's latent is the hidden state at its own last token and its
+//! An extension ([`LlamaExtend`]) starts by computing every prefix's state:
+//! prefixes that miss the cache are prefilled in one pass, and each prefix's
+//! cache is forked into its children. Each step then feeds the sampled token
+//! of every live child of every run in flight, across concurrent requests,
+//! in one forward pass (continuous batching). Every sampled token is fed, so
+//! a candidate's latent is the hidden state at its own last token and its
 //! cache is ready for the next chunk.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use ig_core::policy::{
-    Candidate, ExtendRequest, ExtendStats, FinishReason, NextTokens, PolicyBackend, PolicyInfo, Sampling,
-    TextCodec, TopKRequest, WorkControl,
+    Candidate, ExtendRequest, ExtendRun, ExtendStats, FinishReason, NextTokens, PolicyBackend, PolicyInfo,
+    Sampling, TextCodec, TopKRequest, WorkControl,
 };
 use ig_core::RoleError;
 use rand_chacha::ChaCha8Rng;
 
 use crate::kv_cache::KvCache;
-use crate::llama::{Llama, Positions, Segment, WeightDtype};
+use crate::llama::{ForwardOutput, Llama, Positions, Segment, WeightDtype};
 use crate::prefix_cache::{CachedGroup, PrefixCache};
 use crate::sampling::{child_rng, log_sum_exp, sample};
 use crate::tokenizer::TokenizerCodec;
@@ -118,6 +118,12 @@ impl LlamaPolicy {
             weight_dtype: model.weight_dtype().to_string(),
             device: device_name(&opts.device),
             max_position_embeddings: cfg.max_position_embeddings,
+            kv_bytes_per_position: KvCache::bytes_per_position(
+                cfg.num_layers,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                model.activation_dtype(),
+            ),
         };
         Ok(Self { model, codec: Arc::new(codec), cache: PrefixCache::new(opts.prefix_cache_bytes), info })
     }
@@ -198,21 +204,11 @@ impl LlamaPolicy {
         })
     }
 
-    fn extend_inner(
-        &mut self,
-        req: &ExtendRequest,
-        control: &WorkControl<'_>,
-        emit: &mut dyn FnMut(Vec<Candidate>),
-        stats: &mut ExtendStats,
-    ) -> Result<()> {
-        control.check()?;
+    fn begin(&mut self, req: &ExtendRequest) -> Result<LlamaExtend> {
+        let mut stats = ExtendStats::default();
         let sequences: Vec<&[u32]> = req.prefixes.iter().map(|p| p.token_ids.as_slice()).collect();
-        let starts = self.start_states(&sequences, stats)?;
-        let stop: HashSet<u32> = self.info.eos_token_ids.iter().chain(&req.stop_token_ids).copied().collect();
-        let vocab = self.info.vocab_size;
-
+        let starts = self.start_states(&sequences, &mut stats)?;
         let mut groups = Vec::with_capacity(req.prefixes.len());
-        // Per live row of every group (groups in order), its next-token logits.
         let mut row_logits: Vec<Vec<f32>> = Vec::new();
         for (i, (p, start)) in req.prefixes.iter().zip(starts).enumerate() {
             // Room for the whole chunk now, so decoding writes in place.
@@ -237,118 +233,176 @@ impl LlamaPolicy {
                 biases: p.logit_biases.clone(),
             });
         }
+        Ok(LlamaExtend {
+            stop: self.info.eos_token_ids.iter().chain(&req.stop_token_ids).copied().collect(),
+            sampling: req.sampling.clone(),
+            chunk_tokens: req.chunk_tokens,
+            max_sequence_tokens: req.max_sequence_tokens,
+            with_latents: req.with_latents,
+            groups,
+            row_logits,
+            step: 0,
+            stats,
+            finished: Vec::new(),
+        })
+    }
 
-        let mut scratch = Vec::new();
-        let mut biased = vec![0f32; vocab];
-        for step in 0..req.chunk_tokens {
-            control.check()?;
-            // Draw one token for every live child.
-            let mut row = 0;
-            let mut fed: Vec<Vec<u32>> = Vec::with_capacity(groups.len());
-            for g in groups.iter_mut() {
-                let mut toks = Vec::with_capacity(g.children.len());
-                for c in g.children.iter_mut() {
-                    let logits = &row_logits[row];
-                    row += 1;
-                    let token = draw(logits, &g.biases, &req.sampling, &mut c.rng, &mut biased, &mut scratch);
-                    c.logprobs.push(logits[token as usize] - log_sum_exp(logits));
-                    c.tokens.push(token);
-                    let len = g.prefix.len() + c.tokens.len();
-                    c.finish = if stop.contains(&token) {
-                        Some(FinishReason::Stop)
-                    } else if len >= req.max_sequence_tokens {
-                        Some(FinishReason::Length)
-                    } else if step + 1 == req.chunk_tokens {
-                        Some(FinishReason::Chunk)
-                    } else {
-                        None
-                    };
-                    toks.push(token);
-                }
-                fed.push(toks);
-            }
-            stats.generated_tokens += row as u64;
-
-            // Feed them: the logits are the next step's, the hidden states
-            // are the latents of candidates that end here.
-            let out = {
-                let mut segments: Vec<Segment<'_>> = groups
-                    .iter_mut()
-                    .zip(&fed)
-                    .map(|(g, toks)| Segment { tokens: toks, rows: toks.len(), cache: &mut g.kv })
-                    .collect();
-                self.model.forward_segments(&mut segments, Positions::Last)?
-            };
-            stats.forward_passes += 1;
-            let flat: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
-            let hidden: Option<Vec<f32>> =
-                if req.with_latents { Some(out.hidden.flatten_all()?.to_vec1()?) } else { None };
-            let dim = self.info.latent_dim;
-
-            let mut finished = Vec::new();
-            let mut next_logits = Vec::with_capacity(row);
-            let mut base = 0;
-            for g in groups.iter_mut() {
-                let n = g.children.len();
-                let mut keep = Vec::with_capacity(n);
-                for (r, c) in g.children.iter().enumerate() {
-                    let at = base + r;
-                    match c.finish {
-                        None => {
-                            keep.push(r);
-                            next_logits.push(flat[at * vocab..(at + 1) * vocab].to_vec());
-                        }
-                        Some(_) => {
-                            let latent = hidden.as_ref().map(|h| h[at * dim..(at + 1) * dim].to_vec());
-                            finished.push(self.candidate(g, c, latent)?);
-                        }
-                    }
-                }
-                // Children that completed the chunk can be extended again:
-                // keep their state for the next call.
-                let resumable: Vec<usize> =
-                    (0..n).filter(|&r| g.children[r].finish == Some(FinishReason::Chunk)).collect();
-                if !resumable.is_empty() {
-                    let rows: Vec<Arc<[u32]>> = resumable
-                        .iter()
-                        .map(|&r| {
-                            let mut t = g.prefix.to_vec();
-                            t.extend_from_slice(&g.children[r].tokens);
-                            Arc::from(t)
-                        })
-                        .collect();
-                    let idx: Vec<u32> = resumable.iter().map(|&r| (base + r) as u32).collect();
-                    let idx = Tensor::new(idx.as_slice(), out.logits.device())?;
-                    let kv = if resumable.len() == n { g.kv.clone() } else { g.kv.select_rows(&resumable)? };
-                    self.cache.insert(CachedGroup {
-                        kv,
-                        logits: out.logits.index_select(&idx, 0)?,
-                        hidden: out.hidden.index_select(&idx, 0)?,
-                        rows,
-                    })?;
-                }
-                if keep.len() < n {
-                    if !keep.is_empty() {
-                        g.kv = g.kv.select_rows(&keep)?;
-                    }
-                    let mut i = 0;
-                    g.children.retain(|_| {
-                        i += 1;
-                        keep.contains(&(i - 1))
-                    });
-                }
-                base += n;
-            }
-            groups.retain(|g| !g.children.is_empty());
-            row_logits = next_logits;
-            if !finished.is_empty() {
-                emit(finished);
-            }
-            if groups.is_empty() {
-                break;
-            }
+    /// One token for every live child of every run, in one forward pass.
+    fn step(&mut self, runs: &mut [&mut LlamaExtend]) -> Result<()> {
+        let vocab = self.info.vocab_size;
+        let fed: Vec<Vec<Vec<u32>>> = runs.iter_mut().map(|r| r.draw(vocab)).collect();
+        let out = {
+            let mut segments: Vec<Segment<'_>> = runs
+                .iter_mut()
+                .zip(&fed)
+                .flat_map(|(r, fed)| {
+                    r.groups.iter_mut().zip(fed).map(|(g, toks)| Segment { tokens: toks, rows: toks.len(), cache: &mut g.kv })
+                })
+                .collect();
+            self.model.forward_segments(&mut segments, Positions::Last)?
+        };
+        let flat: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
+        let hidden: Option<Vec<f32>> =
+            if runs.iter().any(|r| r.with_latents) { Some(out.hidden.flatten_all()?.to_vec1()?) } else { None };
+        let mut base = 0;
+        for run in runs.iter_mut() {
+            run.stats.forward_passes += 1;
+            let rows = run.live_rows();
+            run.absorb(self, &out, &flat, hidden.as_deref(), base)?;
+            base += rows;
         }
         Ok(())
+    }
+}
+
+/// An extension in progress ([`ExtendRun`]): the live children of each
+/// prefix with the logits of their next token.
+pub struct LlamaExtend {
+    stop: HashSet<u32>,
+    sampling: Sampling,
+    chunk_tokens: usize,
+    max_sequence_tokens: usize,
+    with_latents: bool,
+    groups: Vec<Group>,
+    /// Per live row of every group (groups in order), its next-token logits.
+    row_logits: Vec<Vec<f32>>,
+    step: usize,
+    stats: ExtendStats,
+    finished: Vec<Candidate>,
+}
+
+impl LlamaExtend {
+    /// Draws one token for every live child; returns them per group.
+    fn draw(&mut self, vocab: usize) -> Vec<Vec<u32>> {
+        let mut scratch = Vec::new();
+        let mut biased = vec![0f32; vocab];
+        let mut row = 0;
+        let mut fed = Vec::with_capacity(self.groups.len());
+        for g in self.groups.iter_mut() {
+            let mut toks = Vec::with_capacity(g.children.len());
+            for c in g.children.iter_mut() {
+                let logits = &self.row_logits[row];
+                row += 1;
+                let token = draw(logits, &g.biases, &self.sampling, &mut c.rng, &mut biased, &mut scratch);
+                c.logprobs.push(logits[token as usize] - log_sum_exp(logits));
+                c.tokens.push(token);
+                let len = g.prefix.len() + c.tokens.len();
+                c.finish = if self.stop.contains(&token) {
+                    Some(FinishReason::Stop)
+                } else if len >= self.max_sequence_tokens {
+                    Some(FinishReason::Length)
+                } else if self.step + 1 == self.chunk_tokens {
+                    Some(FinishReason::Chunk)
+                } else {
+                    None
+                };
+                toks.push(token);
+            }
+            fed.push(toks);
+        }
+        self.stats.generated_tokens += row as u64;
+        self.step += 1;
+        fed
+    }
+
+    /// Takes this run's rows `base..` of a forward pass: the logits are the
+    /// next step's, the hidden states the latents of candidates that end here.
+    fn absorb(&mut self, policy: &mut LlamaPolicy, out: &ForwardOutput, flat: &[f32], hidden: Option<&[f32]>, base: usize) -> Result<()> {
+        let vocab = policy.info.vocab_size;
+        let dim = policy.info.latent_dim;
+        let mut next_logits = Vec::with_capacity(self.row_logits.len());
+        let mut base = base;
+        for g in self.groups.iter_mut() {
+            let n = g.children.len();
+            let mut keep = Vec::with_capacity(n);
+            for (r, c) in g.children.iter().enumerate() {
+                let at = base + r;
+                match c.finish {
+                    None => {
+                        keep.push(r);
+                        next_logits.push(flat[at * vocab..(at + 1) * vocab].to_vec());
+                    }
+                    Some(_) => {
+                        let latent = hidden.filter(|_| self.with_latents).map(|h| h[at * dim..(at + 1) * dim].to_vec());
+                        self.finished.push(policy.candidate(g, c, latent)?);
+                    }
+                }
+            }
+            // Children that completed the chunk can be extended again:
+            // keep their state for the next call.
+            let resumable: Vec<usize> = (0..n).filter(|&r| g.children[r].finish == Some(FinishReason::Chunk)).collect();
+            if !resumable.is_empty() {
+                let rows: Vec<Arc<[u32]>> = resumable
+                    .iter()
+                    .map(|&r| {
+                        let mut t = g.prefix.to_vec();
+                        t.extend_from_slice(&g.children[r].tokens);
+                        Arc::from(t)
+                    })
+                    .collect();
+                let idx: Vec<u32> = resumable.iter().map(|&r| (base + r) as u32).collect();
+                let idx = Tensor::new(idx.as_slice(), out.logits.device())?;
+                let kv = if resumable.len() == n { g.kv.clone() } else { g.kv.select_rows(&resumable)? };
+                policy.cache.insert(CachedGroup {
+                    kv,
+                    logits: out.logits.index_select(&idx, 0)?,
+                    hidden: out.hidden.index_select(&idx, 0)?,
+                    rows,
+                })?;
+            }
+            if keep.len() < n {
+                if !keep.is_empty() {
+                    g.kv = g.kv.select_rows(&keep)?;
+                }
+                let mut i = 0;
+                g.children.retain(|_| {
+                    i += 1;
+                    keep.contains(&(i - 1))
+                });
+            }
+            base += n;
+        }
+        self.groups.retain(|g| !g.children.is_empty());
+        self.row_logits = next_logits;
+        Ok(())
+    }
+}
+
+impl ExtendRun for LlamaExtend {
+    fn is_done(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    fn take_finished(&mut self) -> Vec<Candidate> {
+        std::mem::take(&mut self.finished)
+    }
+
+    fn stats(&self) -> ExtendStats {
+        self.stats.clone()
+    }
+
+    fn live_rows(&self) -> usize {
+        self.groups.iter().map(|g| g.children.len()).sum()
     }
 }
 
@@ -372,6 +426,8 @@ fn draw(
 }
 
 impl PolicyBackend for LlamaPolicy {
+    type Run = LlamaExtend;
+
     fn info(&self) -> PolicyInfo {
         self.info.clone()
     }
@@ -394,17 +450,12 @@ impl PolicyBackend for LlamaPolicy {
         Ok(())
     }
 
-    fn extend(
-        &mut self,
-        req: &ExtendRequest,
-        control: &WorkControl<'_>,
-        emit: &mut dyn FnMut(Vec<Candidate>),
-    ) -> std::result::Result<ExtendStats, RoleError> {
-        let started = Instant::now();
-        let mut stats = ExtendStats::default();
-        self.extend_inner(req, control, emit, &mut stats).map_err(RoleError::from)?;
-        stats.compute = started.elapsed();
-        Ok(stats)
+    fn begin_extend(&mut self, request: &ExtendRequest) -> std::result::Result<LlamaExtend, RoleError> {
+        Ok(self.begin(request)?)
+    }
+
+    fn step_extends(&mut self, runs: &mut [&mut LlamaExtend]) -> std::result::Result<(), RoleError> {
+        Ok(self.step(runs)?)
     }
 
     fn top_k_next(

@@ -273,3 +273,66 @@ fn safetensors_untied_sharded_f32_matches_transformers() {
 fn safetensors_tied_bf16_matches_transformers() {
     check_safetensors_variant("tiny_llama/tied_bf16", 1e-4);
 }
+
+#[test]
+fn runs_batched_together_draw_what_each_draws_alone() {
+    use ig_core::policy::{ExtendRun, PolicyBackend};
+    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0 };
+    let mut policy = LlamaPolicy::load(&opts).unwrap();
+    let codec = policy.tokenizer().clone();
+    let request = |text: &str, children: usize, chunk: usize, seed: u64| ExtendRequest {
+        prefixes: vec![PrefixSpec {
+            token_ids: codec.tokenize(&format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"), false).unwrap(),
+            children,
+            logit_biases: vec![],
+            seed: None,
+        }],
+        chunk_tokens: chunk,
+        sampling: Sampling { temperature: 0.9, top_p: 1.0, top_k: Some(50), seed },
+        stop_token_ids: vec![],
+        max_sequence_tokens: 2048,
+        with_latents: true,
+    };
+    let (a, b) = (request("Tell me a joke.", 3, 6, 1), request("Name a color.", 2, 4, 2));
+    let key = |mut v: Vec<ig_core::policy::Candidate>| {
+        v.sort_by_key(|c| c.child_index);
+        v.into_iter().map(|c| (c.child_index, c.token_ids, c.latent.unwrap())).collect::<Vec<_>>()
+    };
+    let alone = |policy: &mut LlamaPolicy, req: &ExtendRequest| {
+        let mut out = Vec::new();
+        policy.extend(req, &WorkControl::new(None, &|| false), &mut |c| out.extend(c)).unwrap();
+        key(out)
+    };
+    let (want_a, want_b) = (alone(&mut policy, &a), alone(&mut policy, &b));
+
+    // `b` joins after two steps of `a`; then both advance in shared passes.
+    let mut run_a = policy.begin_extend(&a).unwrap();
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        policy.step_extends(&mut [&mut run_a]).unwrap();
+        got_a.extend(run_a.take_finished());
+    }
+    let mut run_b = policy.begin_extend(&b).unwrap();
+    while !run_b.is_done() {
+        if run_a.is_done() {
+            policy.step_extends(&mut [&mut run_b]).unwrap();
+        } else {
+            policy.step_extends(&mut [&mut run_a, &mut run_b]).unwrap();
+        }
+        got_a.extend(run_a.take_finished());
+        got_b.extend(run_b.take_finished());
+    }
+    while !run_a.is_done() {
+        policy.step_extends(&mut [&mut run_a]).unwrap();
+        got_a.extend(run_a.take_finished());
+    }
+    let (got_a, got_b) = (key(got_a), key(got_b));
+    for (got, want) in [(&got_a, &want_a), (&got_b, &want_b)] {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want.iter()) {
+            assert_eq!((g.0, &g.1), (w.0, &w.1), "same tokens in a shared pass as alone");
+            let d = max_abs_diff(&g.2, &w.2);
+            assert!(d < 1e-3, "latents differ by {d}");
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! and limits; [`run`] loads the model on its own thread ([`ig_serve::Engine`])
 //! and serves [`service::PolicyServer`] with health and reflection.
 
+pub mod batcher;
 pub mod service;
 pub mod validate;
 
@@ -74,6 +75,13 @@ pub struct PolicyArgs {
     /// Largest request message, in bytes.
     #[arg(long, env = "IG_MAX_MESSAGE_BYTES", default_value_t = PolicyLimits::default().max_message_bytes)]
     pub max_message_bytes: usize,
+    /// Most candidates in one shared forward pass (continuous batching);
+    /// requests beyond it wait for the next pass.
+    #[arg(long, env = "IG_MAX_BATCH_ROWS", default_value_t = PolicyLimits::default().max_batch_rows)]
+    pub max_batch_rows: usize,
+    /// Byte budget of the KV cache of all extensions in flight, in MiB.
+    #[arg(long, env = "IG_KV_CACHE_MB", default_value_t = PolicyLimits::default().max_kv_cache_bytes >> 20)]
+    pub kv_cache_mb: usize,
 }
 
 impl PolicyArgs {
@@ -89,6 +97,8 @@ impl PolicyArgs {
             max_logit_biases: self.max_logit_biases,
             max_text_bytes: self.max_text_bytes,
             max_message_bytes: self.max_message_bytes,
+            max_batch_rows: self.max_batch_rows,
+            max_kv_cache_bytes: self.kv_cache_mb << 20,
         }
     }
 
@@ -127,7 +137,7 @@ pub async fn run(args: PolicyArgs, listener: TcpListener, shutdown: impl Future<
     // max_message_bytes.
     let transport_cap = limits.max_message_bytes.saturating_mul(4);
     let state = engine.watch_state();
-    let service = PolicyServiceServer::new(PolicyServer::new(engine, limits))
+    let service = PolicyServiceServer::new(PolicyServer::new(engine, limits, args.queue_depth))
         .max_decoding_message_size(transport_cap)
         .max_encoding_message_size(usize::MAX);
     ig_serve::serve(

@@ -5,7 +5,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use ig_core::policy::{Candidate, ChatMessage, FinishReason, PolicyBackend, PolicyInfo, PolicyLimits, TextCodec, WorkControl};
+use std::time::Duration;
+
+use ig_core::policy::{
+    Candidate, ChatMessage, ExtendStats, FinishReason, PolicyBackend, PolicyInfo, PolicyLimits, TextCodec, WorkControl,
+};
 use ig_core::RoleError;
 use ig_proto::v1 as pb;
 use ig_proto::v1::policy_service_server::PolicyService;
@@ -15,6 +19,7 @@ use tokio::sync::{mpsc, OnceCell};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::batcher::{Batcher, ExtendJob, ExtendSink};
 use crate::validate;
 
 /// Name of the service in `grpc.health.v1`.
@@ -23,17 +28,73 @@ pub const SERVICE_NAME: &str = "inferenceguard.v1.PolicyService";
 /// Candidates buffered per stream before the model thread waits for the client.
 const STREAM_BUFFER: usize = 16;
 
+type ExtendMessage = Result<pb::ExtendChunkResponse, Status>;
+
+/// Streams one extension's candidates, then its stats or error, to the client.
+struct StreamSink {
+    tx: mpsc::Sender<ExtendMessage>,
+    seed: u64,
+}
+
+impl ExtendSink for StreamSink {
+    fn candidates(&mut self, batch: Vec<Candidate>) {
+        let msg = pb::ExtendChunkResponse { candidates: batch.into_iter().map(candidate_to_proto).collect(), stats: None };
+        // A failed send means the client left; the batcher sees `gone` and stops the run.
+        let _ = self.tx.blocking_send(Ok(msg));
+    }
+
+    fn done(self: Box<Self>, result: Result<(ExtendStats, Duration), RoleError>) {
+        let last = match result {
+            Ok((stats, queued)) => {
+                metrics::counter!("ig_policy_generated_tokens_total").increment(stats.generated_tokens);
+                metrics::counter!("ig_policy_prefill_tokens_total").increment(stats.prefill_tokens);
+                metrics::counter!("ig_policy_cached_prefix_tokens_total").increment(stats.cached_prefix_tokens);
+                metrics::histogram!("ig_policy_extend_seconds").record(stats.compute.as_secs_f64());
+                metrics::histogram!("ig_policy_queue_seconds").record(queued.as_secs_f64());
+                Ok(pb::ExtendChunkResponse {
+                    candidates: vec![],
+                    stats: Some(pb::ExtendChunkStats {
+                        prefill_tokens: stats.prefill_tokens as i64,
+                        cached_prefix_tokens: stats.cached_prefix_tokens as i64,
+                        generated_tokens: stats.generated_tokens as i64,
+                        forward_passes: stats.forward_passes as i64,
+                        compute_ns: stats.compute.as_nanos() as i64,
+                        queue_ns: queued.as_nanos() as i64,
+                        seed: self.seed as i64,
+                    }),
+                })
+            }
+            Err(RoleError::Cancelled) => {
+                tracing::info!("extension cancelled by the client");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "extension failed");
+                Err(role_status(e))
+            }
+        };
+        let _ = self.tx.blocking_send(last);
+    }
+
+    fn gone(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 /// The policy's gRPC face.
 pub struct PolicyServer<B: PolicyBackend> {
     engine: Engine<B>,
+    batcher: Batcher<B>,
     limits: PolicyLimits,
     model: OnceCell<(PolicyInfo, Arc<dyn TextCodec>)>,
 }
 
 impl<B: PolicyBackend> PolicyServer<B> {
-    /// Serves the model behind `engine` within `limits`.
-    pub fn new(engine: Engine<B>, limits: PolicyLimits) -> Self {
-        Self { engine, limits, model: OnceCell::new() }
+    /// Serves the model behind `engine` within `limits`; at most
+    /// `queue_depth` extensions wait for a place in the shared forward passes.
+    pub fn new(engine: Engine<B>, limits: PolicyLimits, queue_depth: usize) -> Self {
+        let batcher = Batcher::new(engine.clone(), queue_depth, limits.max_batch_rows, limits.max_kv_cache_bytes);
+        Self { engine, batcher, limits, model: OnceCell::new() }
     }
 
     async fn model(&self) -> Result<&(PolicyInfo, Arc<dyn TextCodec>), Status> {
@@ -153,50 +214,10 @@ impl<B: PolicyBackend> PolicyService for PolicyServer<B> {
         let candidates = request.candidate_count();
         tracing::debug!(prefixes = request.prefixes.len(), candidates, chunk = request.chunk_tokens, "extend");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.engine
-            .submit(move |backend, queued| {
-                let gone = || tx.is_closed();
-                let control = WorkControl::new(deadline, &gone);
-                let mut emit = |batch: Vec<Candidate>| {
-                    let msg = pb::ExtendChunkResponse {
-                        candidates: batch.into_iter().map(candidate_to_proto).collect(),
-                        stats: None,
-                    };
-                    // A failed send means the client left; `control` stops the work.
-                    let _ = tx.blocking_send(Ok(msg));
-                };
-                let result = backend.extend(&request, &control, &mut emit);
-                let last = match result {
-                    Ok(stats) => {
-                        metrics::counter!("ig_policy_generated_tokens_total").increment(stats.generated_tokens);
-                        metrics::counter!("ig_policy_prefill_tokens_total").increment(stats.prefill_tokens);
-                        metrics::counter!("ig_policy_cached_prefix_tokens_total").increment(stats.cached_prefix_tokens);
-                        metrics::histogram!("ig_policy_extend_seconds").record(stats.compute.as_secs_f64());
-                        metrics::histogram!("ig_policy_queue_seconds").record(queued.as_secs_f64());
-                        Ok(pb::ExtendChunkResponse {
-                            candidates: vec![],
-                            stats: Some(pb::ExtendChunkStats {
-                                prefill_tokens: stats.prefill_tokens as i64,
-                                cached_prefix_tokens: stats.cached_prefix_tokens as i64,
-                                generated_tokens: stats.generated_tokens as i64,
-                                forward_passes: stats.forward_passes as i64,
-                                compute_ns: stats.compute.as_nanos() as i64,
-                                queue_ns: queued.as_nanos() as i64,
-                                seed: request.sampling.seed as i64,
-                            }),
-                        })
-                    }
-                    Err(RoleError::Cancelled) => {
-                        tracing::info!("extension cancelled by the client");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "extension failed");
-                        Err(role_status(e))
-                    }
-                };
-                let _ = tx.blocking_send(last);
-            })
+        let seed = request.sampling.seed;
+        let kv_bytes = request.kv_cache_bytes(info.kv_bytes_per_position);
+        self.batcher
+            .submit(ExtendJob { request, kv_bytes, deadline, sink: Box::new(StreamSink { tx, seed }) })
             .map_err(role_status)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

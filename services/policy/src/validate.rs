@@ -154,14 +154,21 @@ pub fn extend(
         ));
     }
     let stop_token_ids = parse_ids("stop_token_ids", &req.stop_token_ids, vocab)?;
-    Ok(ExtendRequest {
-        prefixes,
-        chunk_tokens,
-        sampling,
-        stop_token_ids,
-        max_sequence_tokens,
-        with_latents: !req.omit_latents,
-    })
+    let request =
+        ExtendRequest { prefixes, chunk_tokens, sampling, stop_token_ids, max_sequence_tokens, with_latents: !req.omit_latents };
+    let kv_bytes = request.kv_cache_bytes(info.kv_bytes_per_position);
+    if kv_bytes > limits.max_kv_cache_bytes {
+        return Err(RoleError::invalid(
+            "prefixes",
+            format!(
+                "the candidates' KV cache (children x (prefix tokens + chunk_tokens) x {} bytes) would take {} MiB, over the server's max_kv_cache_bytes of {} MiB",
+                info.kv_bytes_per_position,
+                kv_bytes >> 20,
+                limits.max_kv_cache_bytes >> 20
+            ),
+        ));
+    }
+    Ok(request)
 }
 
 fn sampling(s: pb::SamplingParams, vocab: usize, drawn_seed: u64) -> Result<Sampling, RoleError> {
@@ -228,6 +235,7 @@ mod tests {
             weight_dtype: "f32".into(),
             device: "cpu".into(),
             max_position_embeddings: 64,
+            kv_bytes_per_position: 1024,
         }
     }
 
@@ -280,6 +288,11 @@ mod tests {
 
     #[test]
     fn checks_the_total_candidates_biases_and_sampling() {
+        let over_kv = PolicyLimits { max_kv_cache_bytes: 10 * 1024, ..Default::default() };
+        // 3 children x (2 prefix + 2 chunk) positions x 1 KiB = 12 KiB.
+        let (f, m) = field_of(extend(req(vec![prefix(vec![1, 2], 3)], 2), &info(), &over_kv, 0).unwrap_err());
+        assert_eq!(f, "prefixes");
+        assert!(m.contains("max_kv_cache_bytes"), "{m}");
         let limits = PolicyLimits { max_candidates: 5, ..Default::default() };
         let (f, m) = field_of(extend(req(vec![prefix(vec![1], 3), prefix(vec![1], 3)], 4), &info(), &limits, 0).unwrap_err());
         assert_eq!(f, "prefixes");
