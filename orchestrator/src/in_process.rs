@@ -17,6 +17,7 @@
 //! The caller builds the backends: this crate knows no model code.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -195,9 +196,18 @@ pub struct EngineScorer {
 impl EngineScorer {
     /// The model behind `engine` with the scorer server's settings: at most
     /// `limits.max_items` items per call, `max_batch_items` per model call,
-    /// `queue_depth` calls waiting. Call inside a tokio runtime.
-    pub fn new<B: ScorerBackend>(engine: Engine<B>, limits: &ScorerLimits, max_batch_items: usize, queue_depth: usize) -> Self {
-        Self { batcher: Batcher::start(engine, max_batch_items, queue_depth), max_items: limits.max_items.max(1) }
+    /// `queue_depth` calls waiting; waits until the model is ready.
+    pub fn new<B: ScorerBackend>(
+        engine: Engine<B>,
+        limits: &ScorerLimits,
+        max_batch_items: usize,
+        queue_depth: usize,
+    ) -> impl Future<Output = Result<Self, RoleError>> + Send + 'static {
+        let max_items = limits.max_items.max(1);
+        async move {
+            engine.ready().await?;
+            Ok(Self { batcher: Batcher::start(engine, max_batch_items, queue_depth), max_items })
+        }
     }
 }
 
