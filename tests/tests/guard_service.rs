@@ -5,8 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{dead_endpoint, registry_toml, shared_roles, GuardUnderTest};
+use common::{dead_endpoint, in_process_roles, registry_toml, shared_roles, GuardUnderTest};
 use futures::StreamExt;
+use ig_orchestrator::guard::{search_params, wire_method};
+use ig_orchestrator::search::{Method, Params};
 use ig_proto::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -86,6 +88,34 @@ async fn every_method_answers_and_streams_its_steps() {
     assert_eq!(steps.len(), b.step_count as usize);
     assert!(steps.iter().enumerate().all(|(i, s)| s.step_index == i as i32 && s.safe_fraction.is_some()));
     assert_eq!(steps[0].candidate_count, 4 * (1 + steps[0].resample_round_count));
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn the_in_process_roles_give_the_answer_of_the_mesh() {
+    let roles = shared_roles();
+    let g = GuardUnderTest::start(&registry_toml(roles, &["minilm-cost"], &[])).await;
+    let local = in_process_roles().await;
+    let params = Params { samples: 4, beam_width: 2, chunk_tokens: 6, max_new_tokens: 12, args_top_k: 4, seed: 3, ..Params::default() };
+    for method in [Method::InferenceGuard, Method::BonLagrangian, Method::Args] {
+        let req = pb::GenerateRequest {
+            prompt: Some(pb::generate_request::Prompt::PromptText(HARMLESS.into())),
+            method: wire_method(method) as i32,
+            params: Some(search_params(&params)),
+            ..Default::default()
+        };
+        let mesh = g.client.clone().generate(req).await.unwrap_or_else(|e| panic!("{method:?} through the mesh: {e:?}")).into_inner().result.unwrap();
+        let here = local.generate(method, &params, HARMLESS, &|_| {}).await.unwrap_or_else(|e| panic!("{method:?} in-process: {e}"));
+        let o = &here.outcome;
+        assert_eq!((&o.token_ids, &here.text), (&mesh.token_ids, &mesh.text), "{method:?}");
+        assert_eq!((o.cost, o.reward, o.z, o.min_z, o.safe), (mesh.cost, mesh.reward, mesh.z, mesh.min_z, mesh.safe), "{method:?}");
+        assert_eq!(
+            (o.steps as i32, o.candidates as i64, o.resample_rounds as i32, o.generated_tokens as i64),
+            (mesh.step_count, mesh.candidate_count, mesh.resample_round_count, mesh.generated_token_count),
+            "{method:?}"
+        );
+        assert!(here.times.policy > Duration::ZERO && here.times.cost > Duration::ZERO, "{method:?}: {:?}", here.times);
+    }
     g.stop().await;
 }
 

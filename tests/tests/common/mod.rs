@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use ig_models::policy::LlamaPolicy;
+use ig_orchestrator::in_process::{EnginePolicy, EngineScorer, InProcessRoles};
 use ig_orchestrator::PolicyClient;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -69,6 +71,26 @@ pub struct SharedRoles {
     pub reward: SocketAddr,
 }
 
+/// A demo score head committed under `models/heads` (`cost` or `reward`).
+pub fn demo_head(role: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    root.join(format!("models/heads/{role}-minilm-l6.safetensors"))
+}
+
+/// The models of [`shared_roles`], loaded again and called in-process (no
+/// servers, no gRPC), with the servers' default settings.
+pub async fn in_process_roles() -> InProcessRoles<LlamaPolicy> {
+    let policy = Wrap::parse_from(["ig-policy", "--dtype", "f32"]).policy;
+    let scorer = |role: &str| {
+        let args = ig_scorer::ScorerArgs::with_model(&demo_head(role), "127.0.0.1:0".parse().unwrap());
+        let engine = ig_scorer::start_engine(&args).unwrap();
+        async move { EngineScorer::new(engine, &args.limits(), args.max_batch_items, args.queue_depth).await }
+    };
+    let (policy, cost, reward) =
+        tokio::try_join!(EnginePolicy::new(ig_policy::start_engine(&policy).unwrap(), policy.limits()), scorer("cost"), scorer("reward")).unwrap();
+    InProcessRoles::new(policy, cost, reward)
+}
+
 /// Starts the shared roles on first use and waits until they serve.
 pub fn shared_roles() -> &'static SharedRoles {
     static ROLES: std::sync::OnceLock<SharedRoles> = std::sync::OnceLock::new();
@@ -77,13 +99,12 @@ pub fn shared_roles() -> &'static SharedRoles {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
                 let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
                 let (pl, cl, rl) = (bind().await, bind().await, bind().await);
                 let roles = SharedRoles { policy: pl.local_addr().unwrap(), cost: cl.local_addr().unwrap(), reward: rl.local_addr().unwrap() };
                 let policy = Wrap::parse_from(["ig-policy", "--dtype", "f32"]).policy;
-                let cost = ig_scorer::ScorerArgs::with_model(&root.join("models/heads/cost-minilm-l6.safetensors"), roles.cost);
-                let reward = ig_scorer::ScorerArgs::with_model(&root.join("models/heads/reward-minilm-l6.safetensors"), roles.reward);
+                let cost = ig_scorer::ScorerArgs::with_model(&demo_head("cost"), roles.cost);
+                let reward = ig_scorer::ScorerArgs::with_model(&demo_head("reward"), roles.reward);
                 let forever = std::future::pending::<()>;
                 tokio::spawn(ig_policy::run(policy, pl, forever()));
                 tokio::spawn(ig_scorer::run(cost, cl, forever()));
