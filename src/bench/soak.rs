@@ -52,7 +52,7 @@ pub struct SoakBench {
 impl SoakBench {
     /// A tiny configuration that only checks the pipeline.
     pub fn quick(&mut self) {
-        (self.requests, self.sample_every, self.warm_up, self.max_new_tokens, self.chunk) = (24, 4, 8, 8, 4);
+        (self.requests, self.sample_every, self.warm_up, self.max_new_tokens, self.chunk) = (12, 3, 3, 8, 4);
     }
 }
 
