@@ -16,8 +16,9 @@
 //! - `soak`: many small requests through the mesh; the process's RSS and the
 //!   policy's prefix-cache bytes along the way.
 //! - `plot`: SVG and PNG charts from the JSON files of the others.
-//! - `all`: every benchmark with its defaults into one directory, then the
-//!   charts (the command `docs/benchmarks.md` cites).
+//! - `all`: every benchmark with its defaults into one directory (the soak
+//!   first, so that its RSS is the mesh's alone), then the charts (the
+//!   command `docs/benchmarks.md` cites).
 
 mod llamacpp;
 mod plot;
@@ -97,13 +98,14 @@ async fn all(args: AllArgs, log_format: LogFormat) -> anyhow::Result<()> {
     (search.compare, search.json) = (true, json("search"));
     soak.json = json("soak");
 
+    // The soak first: its RSS is the whole process's, so nothing else may have run yet.
+    soak::run(soak, log_format).await?;
+    println!();
     policy::run(policy)?;
     println!();
     scorer::run(scorer)?;
     println!();
     search::run(search, log_format).await?;
-    println!();
-    soak::run(soak, log_format).await?;
     println!();
     plot::run(plot::PlotArgs { input: args.out.clone(), output: args.out })
 }

@@ -15,10 +15,10 @@ use clap::Args;
 use ig_training::plot::{line_chart, LineChart, Series};
 use serde::de::DeserializeOwned;
 
-use super::policy::{PolicyParams, PolicyResults, ThroughputRow};
-use super::scorer::{ScorerParams, ScorerRow};
-use super::search::{SearchParams, SearchResults, SearchRow, Via};
-use super::soak::{SoakParams, SoakResults};
+use super::policy::{PolicyWorkload, PolicyResults, ThroughputRow};
+use super::scorer::{ScorerWorkload, ScorerRow};
+use super::search::{SearchWorkload, SearchResults, SearchRow, Via};
+use super::soak::{SoakWorkload, SoakResults};
 use super::Report;
 
 #[derive(Debug, Args)]
@@ -84,7 +84,7 @@ fn chart(title: String, x_desc: &str, y_desc: &str, series: Vec<Series>, log_x: 
 
 type Charts = Vec<(&'static str, LineChart)>;
 
-fn policy_charts(r: &Report<PolicyParams, PolicyResults>) -> Charts {
+fn policy_charts(r: &Report<PolicyWorkload, PolicyResults>) -> Charts {
     let p = &r.params;
     let lines = |y: fn(&ThroughputRow) -> f64| {
         let mut dtypes: Vec<&str> = Vec::new();
@@ -112,13 +112,13 @@ fn policy_charts(r: &Report<PolicyParams, PolicyResults>) -> Charts {
     ]
 }
 
-fn scorer_charts(r: &Report<ScorerParams, Vec<ScorerRow>>) -> Charts {
+fn scorer_charts(r: &Report<ScorerWorkload, Vec<ScorerRow>>) -> Charts {
     let series = vec![Series { label: r.params.model.clone(), points: r.results.iter().map(|row| (row.batch as f64, row.items_per_s)).collect() }];
     let title = format!("scorer ({}, responses of ~{} tokens)", r.params.model, r.params.response_tokens);
     vec![("items", chart(title, "batch size", "items/s", series, true))]
 }
 
-fn search_charts(r: &Report<SearchParams, SearchResults>) -> Charts {
+fn search_charts(r: &Report<SearchWorkload, SearchResults>) -> Charts {
     let p = &r.params;
     let rows = &r.results.rows;
     let several_paths = p.paths.len() > 1;
@@ -145,7 +145,7 @@ fn search_charts(r: &Report<SearchParams, SearchResults>) -> Charts {
     ]
 }
 
-fn soak_charts(r: &Report<SoakParams, SoakResults>) -> Charts {
+fn soak_charts(r: &Report<SoakWorkload, SoakResults>) -> Charts {
     let s = &r.results.series;
     let series = vec![
         Series { label: "RSS".into(), points: s.iter().map(|m| (m.requests as f64, m.rss_mib)).collect() },
@@ -160,7 +160,7 @@ fn soak_charts(r: &Report<SoakParams, SoakResults>) -> Charts {
 mod tests {
     use super::*;
     use crate::bench::llamacpp::PeerRun;
-    use crate::bench::search::{Overhead, RoleSeconds};
+    use crate::bench::search::{Overhead, RoleSeconds, SameAnswers};
     use crate::bench::soak::{MemorySample, SoakSummary};
 
     fn throughput(dtype: &str, batch: usize, decode: f64) -> ThroughputRow {
@@ -178,7 +178,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let policy = Report::new(
             "policy",
-            PolicyParams { model: "m.gguf".into(), dtypes: vec!["q8_0".into(), "f32".into()], batches: vec![1, 8, 32], prompt_tokens: 64, decode_steps: 16, runs: 1 },
+            PolicyWorkload { model: "m.gguf".into(), dtypes: vec!["q8_0".into(), "f32".into()], batches: vec![1, 8, 32], prompt_tokens: 64, decode_steps: 16, runs: 1 },
             PolicyResults {
                 ours: [1, 8, 32].into_iter().flat_map(|b| [throughput("q8_0", b, 50.0), throughput("f32", b, 20.0 * b as f64)]).collect(),
                 peer: Some(PeerRun { engine: "llama.cpp".into(), system_info: String::new(), threads: 2, rows: vec![throughput("as stored", 1, 60.0), throughput("as stored", 8, 200.0), throughput("as stored", 32, 400.0)] }),
@@ -187,12 +187,12 @@ mod tests {
         );
         let scorer = Report::new(
             "scorer",
-            ScorerParams { model: "cost.safetensors".into(), batches: vec![1, 8], response_tokens: 64, runs: 1 },
+            ScorerWorkload { model: "cost.safetensors".into(), batches: vec![1, 8], response_tokens: 64, runs: 1 },
             vec![ScorerRow { batch: 1, items_per_s: 40.0, ms_per_batch: 25.0, tokens_per_item: 80.0 }, ScorerRow { batch: 8, items_per_s: 90.0, ms_per_batch: 88.0, tokens_per_item: 81.0 }],
         );
         let search = Report::new(
             "search",
-            SearchParams {
+            SearchWorkload {
                 method: "inference_guard".into(),
                 samples: vec![8, 16],
                 max_new_tokens: vec![32, 64],
@@ -210,13 +210,13 @@ mod tests {
             SearchResults {
                 rows: [Via::Mesh, Via::InProcess].into_iter().flat_map(|v| [(8, 32), (16, 32), (8, 64), (16, 64)].map(|(n, d)| search_row(v, n, d))).collect(),
                 overhead: vec![Overhead { samples: 8, max_new_tokens: 32, mesh_seconds_per_prompt: 2.0, in_process_seconds_per_prompt: 1.9, overhead_percent: 5.0 }],
-                identical_answers: Some((4, 4)),
+                same_answers: Some(SameAnswers { same: 4, compared: 4 }),
             },
         );
         let series: Vec<MemorySample> = (0..5).map(|i| MemorySample { requests: i * 10, seconds: i as f64, rss_mib: 900.0 + i as f64, prefix_cache_mib: 3.0 * i as f64 }).collect();
         let soak = Report::new(
             "soak",
-            SoakParams {
+            SoakWorkload {
                 requests: 40,
                 sample_every: 10,
                 warm_up: 10,

@@ -52,7 +52,7 @@ impl PolicyBench {
 
 /// The workload, as written to JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PolicyParams {
+pub(crate) struct PolicyWorkload {
     pub model: String,
     pub dtypes: Vec<String>,
     pub batches: Vec<usize>,
@@ -142,7 +142,7 @@ pub fn run(args: PolicyBench) -> anyhow::Result<()> {
         (None, None)
     };
 
-    let params = PolicyParams {
+    let params = PolicyWorkload {
         model: file_name(&path),
         dtypes: args.dtypes.iter().map(|d| format!("{d:?}").to_lowercase()).collect(),
         batches: args.batches.clone(),

@@ -47,7 +47,7 @@ impl ScorerBench {
 
 /// The workload, as written to JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ScorerParams {
+pub(crate) struct ScorerWorkload {
     pub model: String,
     pub batches: Vec<usize>,
     pub response_tokens: usize,
@@ -164,7 +164,7 @@ pub fn run(args: ScorerBench) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
 
-    let params = ScorerParams { model: file_name(&args.model), batches: args.batches.clone(), response_tokens: args.response_tokens, runs };
+    let params = ScorerWorkload { model: file_name(&args.model), batches: args.batches.clone(), response_tokens: args.response_tokens, runs };
     let report = Report::new("scorer", params, rows);
     let p = &report.params;
     report.print_heading(

@@ -109,7 +109,7 @@ impl Via {
 
 /// The workload, as written to JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SearchParams {
+pub(crate) struct SearchWorkload {
     pub method: String,
     pub samples: Vec<usize>,
     pub max_new_tokens: Vec<usize>,
@@ -164,8 +164,15 @@ pub(crate) struct SearchResults {
     pub rows: Vec<SearchRow>,
     /// With `--compare`.
     pub overhead: Vec<Overhead>,
-    /// With `--compare`: generations whose answer was the same on both paths, of all.
-    pub identical_answers: Option<(usize, usize)>,
+    /// With `--compare`: how many generations gave the same answer on both paths.
+    pub same_answers: Option<SameAnswers>,
+}
+
+/// Generations whose answer (token ids) was the same on both paths, of all compared.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct SameAnswers {
+    pub same: usize,
+    pub compared: usize,
 }
 
 /// One generation, measured.
@@ -244,7 +251,7 @@ pub async fn run(args: SearchBench, log_format: LogFormat) -> anyhow::Result<()>
         (false, true) => vec![Via::InProcess],
         (false, false) => vec![Via::Mesh],
     };
-    let params = SearchParams {
+    let params = SearchWorkload {
         method: args.method.name().into(),
         samples: args.samples.clone(),
         max_new_tokens: args.max_new_tokens.clone(),
@@ -286,11 +293,11 @@ pub async fn run(args: SearchBench, log_format: LogFormat) -> anyhow::Result<()>
 }
 
 /// Runs every cell on every path; the medians.
-async fn measure(args: &SearchBench, p: &SearchParams, paths: &Paths) -> anyhow::Result<SearchResults> {
+async fn measure(args: &SearchBench, p: &SearchWorkload, paths: &Paths) -> anyhow::Result<SearchResults> {
     let cells = p.samples.len() * p.max_new_tokens.len();
     let bar = progress((cells * (p.runs + 1) * p.prompts.len() * p.paths.len()) as u64)?;
     let (mut rows, mut overhead) = (Vec::new(), Vec::new());
-    let (mut identical, mut compared) = (0, 0);
+    let (mut same, mut compared) = (0, 0);
     for &max_new_tokens in &p.max_new_tokens {
         for &samples in &p.samples {
             let beam_width = args.beam_width(samples);
@@ -312,7 +319,7 @@ async fn measure(args: &SearchBench, p: &SearchParams, paths: &Paths) -> anyhow:
                     }
                     if answers.len() == 2 {
                         compared += 1;
-                        identical += usize::from(answers[0] == answers[1]);
+                        same += usize::from(answers[0] == answers[1]);
                     }
                 }
                 if run > 0 {
@@ -350,10 +357,10 @@ async fn measure(args: &SearchBench, p: &SearchParams, paths: &Paths) -> anyhow:
         }
     }
     bar.finish_and_clear();
-    Ok(SearchResults { rows, overhead, identical_answers: (compared > 0).then_some((identical, compared)) })
+    Ok(SearchResults { rows, overhead, same_answers: (compared > 0).then_some(SameAnswers { same, compared }) })
 }
 
-fn print_report(report: &Report<SearchParams, SearchResults>) {
+fn print_report(report: &Report<SearchWorkload, SearchResults>) {
     let p = &report.params;
     let k = p.beam_width.map_or_else(|| "N/4".to_string(), |k| k.to_string());
     report.print_heading(
@@ -412,8 +419,8 @@ fn print_report(report: &Report<SearchParams, SearchResults>) {
         println!();
         print_table(&["N", "D", "mesh s/prompt", "in-process s/prompt", "overhead"], &rows);
     }
-    if let Some((same, all)) = r.identical_answers {
-        println!("same answer on both paths: {same} of {all} generations");
+    if let Some(SameAnswers { same, compared }) = r.same_answers {
+        println!("same answer on both paths: {same} of {compared} generations");
         println!();
     }
 }

@@ -58,7 +58,7 @@ impl SoakBench {
 
 /// The workload, as written to JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SoakParams {
+pub(crate) struct SoakWorkload {
     pub requests: usize,
     pub sample_every: usize,
     pub warm_up: usize,
@@ -166,7 +166,7 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     }
 }
 
-fn summarize(series: &[MemorySample], p: &SoakParams, seconds: f64, failed: usize, first_error: Option<String>) -> SoakSummary {
+fn summarize(series: &[MemorySample], p: &SoakWorkload, seconds: f64, failed: usize, first_error: Option<String>) -> SoakSummary {
     let rss = |s: &MemorySample| s.rss_mib;
     let after_warm_up = series.iter().find(|s| s.requests >= p.warm_up).or(series.last());
     let second_half: Vec<(f64, f64)> = series.iter().filter(|s| s.requests * 2 >= p.requests).map(|s| (s.requests as f64, s.rss_mib)).collect();
@@ -186,7 +186,7 @@ pub async fn run(args: SoakBench, log_format: LogFormat) -> anyhow::Result<()> {
     let _telemetry = quiet_telemetry(log_format)?;
     ensure_demo_assets(&args.policy)?;
     let prompts = prompt_pool(args.requests.div_ceil(4));
-    let params = SoakParams {
+    let params = SoakWorkload {
         requests: args.requests,
         sample_every: args.sample_every.max(1),
         warm_up: args.warm_up,
@@ -251,7 +251,7 @@ pub async fn run(args: SoakBench, log_format: LogFormat) -> anyhow::Result<()> {
     report.write(args.json.as_deref())
 }
 
-async fn soak(mesh: &Mesh, p: &SoakParams, prompts: &[String]) -> anyhow::Result<SoakResults> {
+async fn soak(mesh: &Mesh, p: &SoakWorkload, prompts: &[String]) -> anyhow::Result<SoakResults> {
     let guard = mesh.wait_ready().await?;
     let policy = mesh.engines.policy.clone();
     let started = Instant::now();
