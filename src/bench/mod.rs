@@ -144,7 +144,7 @@ impl Machine {
             .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
             .unwrap_or_else(|| std::env::consts::ARCH.to_string());
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory_kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| kib(v)).unwrap_or(0);
+        let memory_kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(kib).unwrap_or(0);
         Self {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
