@@ -89,8 +89,13 @@ impl KvCache {
         let idx = Tensor::from_vec(idx, rows.len(), &self.device()?)?;
         let capacity = self.len + extra;
         let copy = |t: &Tensor| -> Result<Tensor> {
-            let picked = t.narrow(2, 0, self.len)?.index_select(&idx, 0)?;
-            Self::with_capacity(&picked, capacity)
+            // index_select needs a contiguous source: pick whole buffers,
+            // then cut to `len` only when the capacity changes.
+            let picked = t.index_select(&idx, 0)?;
+            if capacity == t.dim(2)? {
+                return Ok(picked);
+            }
+            Self::with_capacity(&picked.narrow(2, 0, self.len)?, capacity)
         };
         let layers = self
             .layers
@@ -261,9 +266,13 @@ mod tests {
         append_row_values(&mut fork, 10.)?;
         assert!(std::ptr::eq(before, Arc::as_ptr(&fork.layers)));
         assert_eq!(keys(&fork, 1), vec![vec![0., 1., 9., 10.]]);
-        // Reserved room survives a row selection.
+        // Rows of a buffer with room to spare can be selected, with more or as much room.
         let picked = fork.select_rows_reserving(&[0, 0], 5)?;
         assert_eq!((picked.rows(), picked.len(), picked.capacity()), (2, 4, 9));
+        assert_eq!(keys(&picked, 0), vec![vec![0., 1., 9., 10.]; 2]);
+        let same = fork.select_rows(&[0])?;
+        assert_eq!((same.len(), same.capacity()), (4, fork.capacity()));
+        assert_eq!(keys(&same, 1), vec![vec![0., 1., 9., 10.]]);
         Ok(())
     }
 }

@@ -159,73 +159,16 @@ impl Linear {
     }
 }
 
-/// Linear maps that read the same input (Q/K/V; gate/up). Dense weights are
-/// concatenated into one matrix at load, so each step runs one larger GEMM
-/// instead of several small ones (vLLM's merged projections); quantized
-/// weights stay separate, as candle multiplies them block by block.
-#[derive(Debug, Clone)]
-enum Projections {
-    Fused { linear: Linear, widths: Vec<usize> },
-    Separate(Vec<Linear>),
-}
-
-impl Projections {
-    fn new(parts: Vec<Linear>) -> Result<Self> {
-        let dense: Option<Vec<&Tensor>> = parts
-            .iter()
-            .map(|p| match &p.0 {
-                QMatMul::Tensor(w) => Some(w),
-                _ => None,
-            })
-            .collect();
-        match dense {
-            Some(ws) if ws.iter().all(|w| w.dtype() == ws[0].dtype()) => {
-                let widths = ws.iter().map(|w| w.dim(0)).collect::<candle_core::Result<Vec<_>>>()?;
-                Ok(Self::Fused { linear: Linear(QMatMul::Tensor(Tensor::cat(&ws, 0)?)), widths })
-            }
-            _ => Ok(Self::Separate(parts)),
-        }
-    }
-
-    /// `x`: `(n, in)` → one `(n, out_i)` per projection, in order.
-    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        match self {
-            Self::Fused { linear, widths } => {
-                let y = linear.forward(x)?;
-                let mut offset = 0;
-                widths
-                    .iter()
-                    .map(|&w| {
-                        offset += w;
-                        Ok(y.narrow(1, offset - w, w)?)
-                    })
-                    .collect()
-            }
-            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
-        }
-    }
-
-    fn dtype_name(&self) -> String {
-        let first = match self {
-            Self::Fused { linear, .. } => linear,
-            Self::Separate(parts) => &parts[0],
-        };
-        match &first.0 {
-            QMatMul::QTensor(q) => format!("{:?}", q.dtype()),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => format!("{:?}", t.dtype()),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Block {
     attn_norm: Tensor,
-    /// Q, K and V.
-    qkv: Projections,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
     wo: Linear,
     ffn_norm: Tensor,
-    /// The SwiGLU gate and up projections.
-    gate_up: Projections,
+    w_gate: Linear,
+    w_up: Linear,
     w_down: Linear,
 }
 
@@ -349,15 +292,18 @@ impl Llama {
             layers.push(Block {
                 attn_norm: norm("attn_norm")?,
                 ffn_norm: norm("ffn_norm")?,
-                qkv: Projections::new(vec![wq, wk, wv])?,
+                wq,
+                wk,
+                wv,
                 wo,
-                gate_up: Projections::new(vec![w_gate, w_up])?,
+                w_gate,
+                w_up,
                 w_down,
             });
         }
         let norm = tensor("output_norm.weight".into())?.dequantize(device)?.to_dtype(act)?;
         let weight_dtype = match dtype {
-            WeightDtype::Native => layers[0].qkv.dtype_name().to_lowercase(),
+            WeightDtype::Native => layers[0].wq_dtype_name().to_lowercase(),
             other => dtype_name(other).into(),
         };
         let (cos, sin) = rope_tables(&cfg, act, device)?;
@@ -417,9 +363,12 @@ impl Llama {
             layers.push(Block {
                 attn_norm: take(&format!("{p}.input_layernorm.weight"))?.to_dtype(act)?,
                 ffn_norm: take(&format!("{p}.post_attention_layernorm.weight"))?.to_dtype(act)?,
-                qkv: Projections::new(vec![wq, wk, wv])?,
+                wq,
+                wk,
+                wv,
                 wo,
-                gate_up: Projections::new(vec![w_gate, w_up])?,
+                w_gate,
+                w_up,
                 w_down,
             });
         }
@@ -544,7 +493,9 @@ impl Llama {
         let eps = self.cfg.rms_norm_eps as f32;
         for (l, block) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
-            let [q, k, v]: [Tensor; 3] = block.qkv.forward(&h)?.try_into().expect("three projections");
+            let q = block.wq.forward(&h)?;
+            let k = block.wk.forward(&h)?;
+            let v = block.wv.forward(&h)?;
             let mut outs = Vec::with_capacity(segments.len());
             let mut off = 0;
             for (s, &(rows, t, start)) in segments.iter_mut().zip(&shapes) {
@@ -565,8 +516,9 @@ impl Llama {
             let attn = if outs.len() == 1 { outs.pop().expect("one segment") } else { Tensor::cat(&outs, 0)? };
             x = (x + block.wo.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
-            let [gate, up]: [Tensor; 2] = block.gate_up.forward(&h)?.try_into().expect("two projections");
-            x = (x + block.w_down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?)?;
+            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
+            let up = block.w_up.forward(&h)?;
+            x = (x + block.w_down.forward(&(gate * up)?)?)?;
         }
         for (s, &(rows, t, _)) in segments.iter_mut().zip(&shapes) {
             s.cache.advance(rows, t);
@@ -630,10 +582,10 @@ impl Llama {
             att.matmul(&v)?.reshape((rows, nh, 1, hd))?
         } else {
             // Prefill: K/V repeated per query head, the same arithmetic as
-            // candle's reference implementation. Stacking the heads instead
-            // changes attention by ~1e-6, which quantized activations
-            // amplify to ~0.5 in the logits of a Q4_1 checkpoint; prefill
-            // attention is a small share of its time.
+            // candle's reference implementation. Stacking the heads as in
+            // decoding changes attention by ~1e-6, which the quantized
+            // activations of a Q4_1 checkpoint amplify to ~0.5 in the
+            // logits; prefill attention is a small share of its time.
             let k = candle_transformers::utils::repeat_kv(k, group)?.contiguous()?;
             let v = candle_transformers::utils::repeat_kv(v, group)?.contiguous()?;
             let att = (q.matmul(&k.t()?)? * scale)?; // (rows, nh, t, L)
@@ -643,6 +595,15 @@ impl Llama {
         };
         let y = y.transpose(1, 2)?.reshape((rows * t, nh * hd))?;
         Ok(y)
+    }
+}
+
+impl Block {
+    fn wq_dtype_name(&self) -> String {
+        match &self.wq.0 {
+            QMatMul::QTensor(q) => format!("{:?}", q.dtype()),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => format!("{:?}", t.dtype()),
+        }
     }
 }
 
