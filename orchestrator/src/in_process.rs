@@ -167,18 +167,7 @@ impl<B: PolicyBackend> PolicyRole for EnginePolicy<B> {
         let results = self.engine.call(move |b, _| b.top_k_next(&request, &WorkControl::new(None, &|| false))).await??;
         Ok(results
             .into_iter()
-            .map(|n| {
-                n.token_ids
-                    .iter()
-                    .zip(&n.logits)
-                    .zip(n.texts.iter().map(Some).chain(std::iter::repeat(None)))
-                    .map(|((&id, &logit), text)| {
-                        let token_id = id as i32;
-                        let text = if self.is_stop(token_id) { String::new() } else { text.cloned().unwrap_or_default() };
-                        NextToken { token_id, logit, text }
-                    })
-                    .collect()
-            })
+            .map(|n| NextToken::zip_answer(n.token_ids.iter().map(|&id| id as i32), &n.logits, &n.texts, |id| self.is_stop(id)))
             .collect())
     }
 

@@ -270,17 +270,7 @@ impl PolicyRole for MeshPolicy {
         Ok(resp
             .results
             .into_iter()
-            .map(|n| {
-                n.token_ids
-                    .iter()
-                    .zip(&n.logits)
-                    .zip(n.texts.iter().map(Some).chain(std::iter::repeat(None)))
-                    .map(|((&token_id, &logit), text)| {
-                        let text = if self.is_stop(token_id) { String::new() } else { text.cloned().unwrap_or_default() };
-                        NextToken { token_id, logit, text }
-                    })
-                    .collect()
-            })
+            .map(|n| NextToken::zip_answer(n.token_ids.iter().copied(), &n.logits, &n.texts, |id| self.is_stop(id)))
             .collect())
     }
 

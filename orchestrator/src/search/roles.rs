@@ -110,6 +110,21 @@ pub struct NextToken {
     pub text: String,
 }
 
+impl NextToken {
+    /// Pairs a policy's top-k answer for one sequence (ids, logits, texts;
+    /// texts may be missing), blanking the text of stop tokens.
+    pub fn zip_answer(ids: impl IntoIterator<Item = i32>, logits: &[f32], texts: &[String], is_stop: impl Fn(i32) -> bool) -> Vec<Self> {
+        ids.into_iter()
+            .zip(logits)
+            .zip(texts.iter().map(Some).chain(std::iter::repeat(None)))
+            .map(|((token_id, &logit), text)| {
+                let text = if is_stop(token_id) { String::new() } else { text.cloned().unwrap_or_default() };
+                NextToken { token_id, logit, text }
+            })
+            .collect()
+    }
+}
+
 /// Chunks as the policy finishes them, in batches.
 pub type ChunkStream = BoxStream<'static, Result<Vec<Chunk>, RoleError>>;
 
