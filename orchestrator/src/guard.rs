@@ -16,9 +16,9 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument;
 
-use crate::mesh::{policy_meta, MeshPolicy, MeshScorer};
-use crate::registry::{fetch_info, Entry, EntryRole, LookupError, Registry, RoleInfo};
-use crate::search::{self, Method, Outcome, Params, RoleKind, Roles, SearchError, Step};
+use crate::mesh::{policy_meta, MeshCritic, MeshPolicy, MeshScorer};
+use crate::registry::{fetch_info, objective_name, Entry, EntryRole, LookupError, Registry, RoleInfo};
+use crate::search::{self, CriticObjective, Method, Outcome, Params, RoleKind, Roles, SearchError, Step};
 
 /// Name of the service in `grpc.health.v1`.
 pub const SERVICE_NAME: &str = "inferenceguard.v1.GuardService";
@@ -104,10 +104,9 @@ fn method_of(m: i32) -> Result<(Method, pb::Method), Status> {
         M::Args => Method::Args,
         M::ArgsLagrangian => Method::ArgsLagrangian,
         M::ArgsCost => Method::ArgsCost,
-        M::InferenceGuardCritic | M::Recontrol | M::RecontrolLagrangian => {
-            let m = format!("method: {} needs the critic role, which this server does not serve yet", wire.as_str_name());
-            return Err(status(Code::Unimplemented, "METHOD_UNIMPLEMENTED", m, Some("method"), &[]));
-        }
+        M::InferenceGuardCritic => Method::InferenceGuardCritic,
+        M::Recontrol => Method::Recontrol,
+        M::RecontrolLagrangian => Method::RecontrolLagrangian,
     };
     Ok((method, if wire == M::Unspecified { M::InferenceGuard } else { wire }))
 }
@@ -125,6 +124,18 @@ pub fn wire_method(m: Method) -> pb::Method {
         Method::Args => M::Args,
         Method::ArgsLagrangian => M::ArgsLagrangian,
         Method::ArgsCost => M::ArgsCost,
+        Method::InferenceGuardCritic => M::InferenceGuardCritic,
+        Method::Recontrol => M::Recontrol,
+        Method::RecontrolLagrangian => M::RecontrolLagrangian,
+    }
+}
+
+/// The wire value of a critic objective.
+fn wire_objective(o: CriticObjective) -> pb::CriticObjective {
+    match o {
+        CriticObjective::Augmented => pb::CriticObjective::Augmented,
+        CriticObjective::Reward => pb::CriticObjective::Reward,
+        CriticObjective::Lagrangian => pb::CriticObjective::Lagrangian,
     }
 }
 
@@ -146,8 +157,8 @@ pub fn search_params(p: &Params) -> pb::SearchParams {
         lagrange_lambda: Some(p.lagrange_lambda),
         args_top_k: Some(p.args_top_k as i32),
         args_weight: Some(p.args_weight),
-        // The critic methods are not run yet.
-        ..Default::default()
+        recontrol_steps: Some(p.recontrol_steps as i32),
+        recontrol_step_size: Some(p.recontrol_step_size),
     }
 }
 
@@ -158,14 +169,19 @@ fn resolve_params(
     given: &pb::SearchParams,
     limits: &GuardLimits,
     policy: &pb::PolicyLimits,
+    critic: Option<&pb::CriticLimits>,
 ) -> Result<(Params, pb::SearchParams), Status> {
+    use Method as M;
     let d = Params::default();
-    let chunked = method.is_chunked();
-    let searches = matches!(method, Method::InferenceGuard | Method::BeamAugmented | Method::BeamLagrangian);
-    let samples_used = searches || matches!(method, Method::BonAugmented | Method::BonLagrangian);
-    let augmented = matches!(method, Method::InferenceGuard | Method::BonAugmented | Method::BeamAugmented);
-    let lagrangian = matches!(method, Method::BonLagrangian | Method::BeamLagrangian | Method::ArgsLagrangian);
-    let args = !chunked;
+    let recontrol = matches!(method, M::Recontrol | M::RecontrolLagrangian);
+    // RECONTROL draws from the chunked methods' random streams, chunk by chunk.
+    let chunked = method.is_chunked() || recontrol;
+    let guarded = matches!(method, M::InferenceGuard | M::InferenceGuardCritic);
+    let searches = guarded || matches!(method, M::BeamAugmented | M::BeamLagrangian);
+    let samples_used = searches || matches!(method, M::BonAugmented | M::BonLagrangian);
+    let augmented = guarded || matches!(method, M::BonAugmented | M::BeamAugmented);
+    let lagrangian = matches!(method, M::BonLagrangian | M::BeamLagrangian | M::ArgsLagrangian);
+    let args = matches!(method, M::Args | M::ArgsLagrangian | M::ArgsCost);
     let mut p = d.clone();
     let mut used = pb::SearchParams::default();
 
@@ -207,7 +223,7 @@ fn resolve_params(
         used.top_p = Some(p.top_p);
         used.seed = Some(p.seed as i64);
     }
-    if method == Method::InferenceGuard {
+    if guarded {
         p.max_resamples =
             in_range("params.max_resamples", given.max_resamples.unwrap_or(d.max_resamples as i32) as i64, 0, limits.max_resamples as i64, "max_resamples")?;
         p.resample_penalty = finite("params.resample_penalty", given.resample_penalty.unwrap_or(d.resample_penalty) as f64, 0.0, true)? as f32;
@@ -239,6 +255,19 @@ fn resolve_params(
         used.args_top_k = Some(p.args_top_k as i32);
         used.args_weight = Some(p.args_weight);
     }
+    if recontrol {
+        let max_steps = critic.map_or(i32::MAX, |c| c.max_ascent_steps.max(0));
+        p.recontrol_steps = in_range(
+            "params.recontrol_steps",
+            given.recontrol_steps.unwrap_or(d.recontrol_steps as i32) as i64,
+            0,
+            max_steps as i64,
+            "the critic's max_ascent_steps",
+        )?;
+        p.recontrol_step_size = finite("params.recontrol_step_size", given.recontrol_step_size.unwrap_or(d.recontrol_step_size) as f64, 0.0, false)? as f32;
+        used.recontrol_steps = Some(p.recontrol_steps as i32);
+        used.recontrol_step_size = Some(p.recontrol_step_size);
+    }
     Ok((p, used))
 }
 
@@ -259,7 +288,7 @@ struct Prepared {
     policy: Arc<MeshPolicy>,
     roles: Roles,
     models: pb::ModelsUsed,
-    names: [String; 3],
+    names: RoleNames,
 }
 
 /// The guard's gRPC face. Cheap to clone.
@@ -300,6 +329,20 @@ impl GuardServer {
         let policy_entry = lookup(EntryRole::Policy, "policy_model", &req.policy_model)?;
         let cost_entry = lookup(EntryRole::Cost, "cost_model", &req.cost_model)?;
         let reward_entry = lookup(EntryRole::Reward, "reward_model", &req.reward_model)?;
+        let critic_entry = match method.critic_objective() {
+            None => None,
+            Some(objective) => Some(snapshot.resolve_critic(&req.critic, objective).map_err(|e| match e {
+                LookupError::NotFound(m) => {
+                    let meta = [("role", "critic"), ("model", req.critic.as_str()), ("objective", objective_name(objective))];
+                    status(Code::NotFound, "MODEL_NOT_FOUND", format!("critic: {m}"), Some("critic"), &meta)
+                }
+                LookupError::RoleMismatch(m) => {
+                    let meta = [("model", req.critic.as_str()), ("expected", "critic")];
+                    status(Code::FailedPrecondition, "MODEL_ROLE_MISMATCH", format!("critic: {m}"), Some("critic"), &meta)
+                }
+            })?),
+        };
+        let names = RoleNames::of(&policy_entry, &cost_entry, &reward_entry, critic_entry.as_deref());
 
         // The prompt, checked before any role call.
         let (scorer_prompt, messages, is_chat) = match req.prompt {
@@ -327,13 +370,17 @@ impl GuardServer {
             }
         };
 
-        let meta = policy_meta(&policy_entry, deadline).await.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names3(&policy_entry, &cost_entry, &reward_entry)))?;
+        let meta = policy_meta(&policy_entry, deadline).await.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names))?;
         let limits = meta.info.limits.unwrap_or_default();
-        let (params, used) = resolve_params(method, &req.params.unwrap_or_default(), &self.limits, &limits)?;
+        let critic = match (&critic_entry, method.critic_objective()) {
+            (Some(entry), Some(objective)) => Some((entry.clone(), critic_info(entry, objective, &meta.info, &names).await?)),
+            _ => None,
+        };
+        let critic_limits = critic.as_ref().and_then(|(_, info)| info.limits);
+        let (params, used) = resolve_params(method, &req.params.unwrap_or_default(), &self.limits, &limits, critic_limits.as_ref())?;
         let policy_model_id = meta.info.model_id.clone();
         let has_template = !meta.info.chat_template.is_empty();
         let policy = Arc::new(MeshPolicy::new(policy_entry.clone(), meta, deadline));
-        let names = names3(&policy_entry, &cost_entry, &reward_entry);
         let token_ids = if has_template {
             policy.render_chat(messages).await.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names))?.token_ids
         } else if is_chat {
@@ -354,16 +401,22 @@ impl GuardServer {
             scorer_info(&reward_entry, pb::ScorerRole::Reward, "reward_model", &names),
         )?;
         let max_items = |i: &pb::ScorerInfoResponse| i.limits.as_ref().map_or(64, |l| l.max_items.max(1) as usize);
-        let roles = Roles::new(
+        let mut roles = Roles::new(
             policy.clone(),
             Arc::new(MeshScorer::new(cost_entry.clone(), max_items(&cost_info), deadline)),
             Arc::new(MeshScorer::new(reward_entry.clone(), max_items(&reward_info), deadline)),
         );
+        let mut critic_ref = None;
+        if let Some((entry, info)) = critic {
+            let max_items = info.limits.map_or(64, |l| l.max_items.max(1) as usize);
+            roles = roles.with_critic(Arc::new(MeshCritic::new(entry.clone(), policy_model_id.clone(), max_items, deadline)));
+            critic_ref = Some(pb::ModelRef { name: entry.name.clone(), model_id: info.model_id });
+        }
         let models = pb::ModelsUsed {
             policy: Some(pb::ModelRef { name: policy_entry.name.clone(), model_id: policy_model_id }),
             cost: Some(pb::ModelRef { name: cost_entry.name.clone(), model_id: cost_info.model_id.clone() }),
             reward: Some(pb::ModelRef { name: reward_entry.name.clone(), model_id: reward_info.model_id.clone() }),
-            critic: None,
+            critic: critic_ref,
         };
         let prompt = search::Prompt {
             text: scorer_prompt,
@@ -423,7 +476,7 @@ impl GuardServer {
                 policy_ns: times.policy.as_nanos() as i64,
                 cost_ns: times.cost.as_nanos() as i64,
                 reward_ns: times.reward.as_nanos() as i64,
-                critic_ns: 0,
+                critic_ns: times.critic.as_nanos() as i64,
                 total_ns: total.as_nanos() as i64,
             }),
             models: Some(models),
@@ -456,6 +509,7 @@ impl GuardServer {
                 info: e.info().map(|i| match i {
                     RoleInfo::Policy(p) => pb::registered_model::Info::PolicyInfo(p),
                     RoleInfo::Scorer(s) => pb::registered_model::Info::ScorerInfo(s),
+                    RoleInfo::Critic(c) => pb::registered_model::Info::CriticInfo(c),
                 }),
             })
             .collect()
@@ -471,8 +525,23 @@ fn model_role(r: EntryRole) -> pb::ModelRole {
     }
 }
 
-fn names3(p: &Entry, c: &Entry, r: &Entry) -> [String; 3] {
-    [p.name.clone(), c.name.clone(), r.name.clone()]
+/// The registry names of the models serving one request, for errors.
+struct RoleNames {
+    policy: String,
+    cost: String,
+    reward: String,
+    critic: String,
+}
+
+impl RoleNames {
+    fn of(policy: &Entry, cost: &Entry, reward: &Entry, critic: Option<&Entry>) -> Self {
+        Self {
+            policy: policy.name.clone(),
+            cost: cost.name.clone(),
+            reward: reward.name.clone(),
+            critic: critic.map(|c| c.name.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 fn search_error(role: RoleKind, error: RoleError) -> SearchError {
@@ -491,11 +560,12 @@ fn deadline_status() -> Status {
 }
 
 /// A role failure as the guard's status: UNAVAILABLE names the role and model.
-fn search_status(e: &SearchError, names: &[String; 3]) -> Status {
+fn search_status(e: &SearchError, names: &RoleNames) -> Status {
     let model = match e.role {
-        RoleKind::Policy => &names[0],
-        RoleKind::Cost => &names[1],
-        RoleKind::Reward => &names[2],
+        RoleKind::Policy => &names.policy,
+        RoleKind::Cost => &names.cost,
+        RoleKind::Reward => &names.reward,
+        RoleKind::Critic => &names.critic,
     };
     let meta = [("role", e.role.as_str()), ("model", model.as_str())];
     let m = e.to_string();
@@ -515,23 +585,10 @@ fn search_status(e: &SearchError, names: &[String; 3]) -> Status {
 }
 
 /// A scorer's Info (cached by the health loop, else fetched), checked for its role.
-async fn scorer_info(entry: &Arc<Entry>, want: pb::ScorerRole, field: &str, names: &[String; 3]) -> Result<pb::ScorerInfoResponse, Status> {
-    let info = match entry.info() {
-        Some(RoleInfo::Scorer(i)) => i,
-        _ => {
-            let role = if want == pb::ScorerRole::Cost { RoleKind::Cost } else { RoleKind::Reward };
-            let got = crate::mesh::with_failover(entry, entry.replicas_to_try(), |r| async move {
-                let info = fetch_info(entry.role, &r).await?;
-                r.set_info(info.clone());
-                Ok(info)
-            })
-            .await
-            .map_err(|e| search_status(&search_error(role, e), names))?;
-            match got {
-                RoleInfo::Scorer(i) => i,
-                RoleInfo::Policy(_) => return Err(Status::internal("a scorer answered as a policy")),
-            }
-        }
+async fn scorer_info(entry: &Arc<Entry>, want: pb::ScorerRole, field: &str, names: &RoleNames) -> Result<pb::ScorerInfoResponse, Status> {
+    let role = if want == pb::ScorerRole::Cost { RoleKind::Cost } else { RoleKind::Reward };
+    let RoleInfo::Scorer(info) = role_info(entry, role, names).await? else {
+        return Err(Status::internal(format!("{field}: {:?} did not answer as a scorer", entry.name)));
     };
     if info.role() != want {
         let m = format!(
@@ -543,6 +600,54 @@ async fn scorer_info(entry: &Arc<Entry>, want: pb::ScorerRole, field: &str, name
         );
         let meta = [("model", entry.name.as_str()), ("expected", want.as_str_name()), ("actual", info.role().as_str_name())];
         return Err(status(Code::FailedPrecondition, "MODEL_ROLE_MISMATCH", m, Some(field), &meta));
+    }
+    Ok(info)
+}
+
+/// A replica's Info, cached by the health loop or else fetched now.
+async fn role_info(entry: &Arc<Entry>, role: RoleKind, names: &RoleNames) -> Result<RoleInfo, Status> {
+    if let Some(info) = entry.info() {
+        return Ok(info);
+    }
+    crate::mesh::with_failover(entry, entry.replicas_to_try(), |r| async move {
+        let info = fetch_info(entry.role, &r).await?;
+        r.set_info(info.clone());
+        Ok(info)
+    })
+    .await
+    .map_err(|e| search_status(&search_error(role, e), names))
+}
+
+/// A critic's Info, checked against the method's objective and the policy
+/// whose latents it will read.
+async fn critic_info(
+    entry: &Arc<Entry>,
+    want: CriticObjective,
+    policy: &pb::PolicyInfoResponse,
+    names: &RoleNames,
+) -> Result<pb::CriticInfoResponse, Status> {
+    let RoleInfo::Critic(info) = role_info(entry, RoleKind::Critic, names).await? else {
+        return Err(Status::internal(format!("critic: {:?} did not answer as a critic", entry.name)));
+    };
+    let refuse = |reason: &str, m: String, meta: &[(&str, &str)]| Err(status(Code::FailedPrecondition, reason, format!("critic: {m}"), Some("critic"), meta));
+    let wanted = wire_objective(want);
+    if info.objective() != wanted {
+        let m = format!(
+            "{:?} ({}) was trained for {}, the method needs {}",
+            entry.name,
+            info.model_id,
+            info.objective().as_str_name(),
+            wanted.as_str_name()
+        );
+        return refuse("CRITIC_OBJECTIVE_MISMATCH", m, &[("model", &entry.name), ("expected", wanted.as_str_name()), ("actual", info.objective().as_str_name())]);
+    }
+    if info.policy_model_id != policy.model_id {
+        let m = format!("{:?} was trained on the latents of policy_model_id {:?}, not of {:?}", entry.name, info.policy_model_id, policy.model_id);
+        return refuse("POLICY_MISMATCH", m, &[("model", &entry.name), ("expected", &policy.model_id), ("actual", &info.policy_model_id)]);
+    }
+    if info.latent_dim != policy.latent_dim {
+        let m = format!("{:?} reads latents of latent_dim {}, the policy's are {}", entry.name, info.latent_dim, policy.latent_dim);
+        return refuse("LATENT_DIM_MISMATCH", m, &[("model", &entry.name)]);
     }
     Ok(info)
 }
@@ -666,15 +771,19 @@ mod tests {
         }
     }
 
+    fn critic_limits() -> pb::CriticLimits {
+        pb::CriticLimits { max_items: 64, max_ascent_steps: 100, max_message_bytes: 1 << 22 }
+    }
+
     #[test]
     fn defaults_resolve_and_unused_fields_stay_unset() {
-        let (p, used) = resolve_params(Method::InferenceGuard, &pb::SearchParams::default(), &GuardLimits::default(), &policy_limits()).unwrap();
+        let (p, used) = resolve_params(Method::InferenceGuard, &pb::SearchParams::default(), &GuardLimits::default(), &policy_limits(), Some(&critic_limits())).unwrap();
         assert_eq!((p.samples, p.beam_width, p.chunk_tokens, p.max_new_tokens, p.max_resamples), (128, 32, 32, 128, 2));
         assert!(used.seed.is_some() && used.args_top_k.is_none() && used.lagrange_lambda.is_none());
         let given = pb::SearchParams { samples_count: Some(10), ..Default::default() };
-        let (p, _) = resolve_params(Method::BeamAugmented, &given, &GuardLimits::default(), &policy_limits()).unwrap();
+        let (p, _) = resolve_params(Method::BeamAugmented, &given, &GuardLimits::default(), &policy_limits(), Some(&critic_limits())).unwrap();
         assert_eq!(p.beam_width, 2);
-        let (_, used) = resolve_params(Method::Args, &given, &GuardLimits::default(), &policy_limits()).unwrap();
+        let (_, used) = resolve_params(Method::Args, &given, &GuardLimits::default(), &policy_limits(), Some(&critic_limits())).unwrap();
         assert!(used.samples_count.is_none() && used.args_top_k == Some(20) && used.seed.is_none());
     }
 
@@ -682,11 +791,11 @@ mod tests {
     fn wire_params_resolve_to_themselves() {
         let p = Params { samples: 16, beam_width: 3, chunk_tokens: 8, max_new_tokens: 24, seed: 9, ..Params::default() };
         for method in Method::ALL {
-            let (resolved, _) = resolve_params(method, &search_params(&p), &GuardLimits::default(), &policy_limits()).unwrap();
-            let (used, _) = resolve_params(method, &search_params(&resolved), &GuardLimits::default(), &policy_limits()).unwrap();
+            let (resolved, _) = resolve_params(method, &search_params(&p), &GuardLimits::default(), &policy_limits(), Some(&critic_limits())).unwrap();
+            let (used, _) = resolve_params(method, &search_params(&resolved), &GuardLimits::default(), &policy_limits(), Some(&critic_limits())).unwrap();
             assert_eq!(resolved, used, "{method:?}");
         }
-        let (resolved, _) = resolve_params(Method::InferenceGuard, &search_params(&p), &GuardLimits::default(), &policy_limits()).unwrap();
+        let (resolved, _) = resolve_params(Method::InferenceGuard, &search_params(&p), &GuardLimits::default(), &policy_limits(), Some(&critic_limits())).unwrap();
         assert_eq!(resolved, p);
     }
 
@@ -706,21 +815,33 @@ mod tests {
             (Method::BonLagrangian, pb::SearchParams { lagrange_lambda: Some(f64::NAN), ..Default::default() }, "params.lagrange_lambda"),
             (Method::Args, pb::SearchParams { args_top_k: Some(51), ..Default::default() }, "params.args_top_k"),
             (Method::Base, pb::SearchParams { safety_budget: Some(f64::INFINITY), ..Default::default() }, "params.safety_budget"),
+            (Method::Recontrol, pb::SearchParams { recontrol_steps: Some(101), ..Default::default() }, "params.recontrol_steps"),
+            (Method::RecontrolLagrangian, pb::SearchParams { recontrol_step_size: Some(0.0), ..Default::default() }, "params.recontrol_step_size"),
+            (Method::InferenceGuardCritic, pb::SearchParams { max_resamples: Some(9), ..Default::default() }, "params.max_resamples"),
         ];
         for (method, given, field) in cases {
-            let err = resolve_params(method, &given, &limits, &policy_limits()).unwrap_err();
+            let err = resolve_params(method, &given, &limits, &policy_limits(), Some(&critic_limits())).unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument, "{field}");
             assert!(err.message().starts_with(&format!("{field}: ")), "{} should name {field}", err.message());
         }
         // A parameter the method does not use is not checked.
         let ignored = pb::SearchParams { args_top_k: Some(0), ..Default::default() };
-        assert!(resolve_params(Method::Base, &ignored, &limits, &policy_limits()).is_ok());
+        assert!(resolve_params(Method::Base, &ignored, &limits, &policy_limits(), Some(&critic_limits())).is_ok());
     }
 
     #[test]
-    fn critic_methods_are_unimplemented_and_unknown_ones_invalid() {
-        assert_eq!(method_of(pb::Method::Recontrol as i32).unwrap_err().code(), Code::Unimplemented);
+    fn every_wire_method_maps_and_unknown_ones_are_invalid() {
+        for m in Method::ALL {
+            assert_eq!(method_of(wire_method(m) as i32).unwrap().0, m);
+        }
         assert_eq!(method_of(99).unwrap_err().code(), Code::InvalidArgument);
         assert_eq!(method_of(0).unwrap().0, Method::InferenceGuard);
+    }
+
+    #[test]
+    fn recontrol_defaults_to_the_papers_ascent() {
+        let (p, used) = resolve_params(Method::Recontrol, &pb::SearchParams::default(), &GuardLimits::default(), &policy_limits(), Some(&critic_limits())).unwrap();
+        assert_eq!((p.recontrol_steps, p.recontrol_step_size), (30, 0.5));
+        assert!(used.recontrol_steps.is_some() && used.seed.is_some() && used.samples_count.is_none());
     }
 }

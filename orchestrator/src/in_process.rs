@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use ig_core::policy::{
-    Candidate, ChatMessage, ExtendRequest, FinishReason, PolicyBackend, PolicyInfo, PolicyLimits, PrefixSpec, Sampling, TextCodec,
-    TopKRequest, WorkControl,
+    Candidate, ChatMessage, ExtendRequest, FinishReason, LatentDecodeRequest, LatentItem, PolicyBackend, PolicyInfo, PolicyLimits,
+    PrefixSpec, Sampling, TextCodec, TopKRequest, WorkControl,
 };
 use ig_core::scorer::{ScoreInput, ScorerBackend, ScorerLimits};
 use ig_core::RoleError;
@@ -36,8 +36,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::mesh::{spread, without_stop_text};
 use crate::search::{
-    self, Chunk, ChunkStream, ExtendCall, Finish, Method, NextToken, Outcome, Params, PolicyRole, RoleKind, RoleTimes, Roles, ScorerRole,
-    SearchError, Step,
+    self, Chunk, ChunkStream, Decoded, ExtendCall, Finish, LatentStep, Method, NextToken, Outcome, Params, PolicyRole, RoleKind, RoleTimes,
+    Roles, ScorerRole, SearchError, Step,
 };
 
 /// Candidate batches buffered before the model thread waits for the search
@@ -104,16 +104,20 @@ impl<B: PolicyBackend> EnginePolicy<B> {
     }
 }
 
-/// A policy candidate as the search sees it.
-fn chunk_of(stop_texts: &HashMap<i32, String>, c: Candidate) -> Chunk {
-    let finish = match c.finish_reason {
+fn finish_of(reason: FinishReason) -> Finish {
+    match reason {
         FinishReason::Chunk => Finish::Open,
         FinishReason::Stop => Finish::Stop,
         FinishReason::Length => Finish::Length,
-    };
+    }
+}
+
+/// A policy candidate as the search sees it.
+fn chunk_of(stop_texts: &HashMap<i32, String>, c: Candidate) -> Chunk {
+    let finish = finish_of(c.finish_reason);
     let token_ids = to_i32(&c.token_ids);
     let text = without_stop_text(stop_texts, &token_ids, c.text, finish);
-    Chunk { prefix: c.prefix_index, child: c.child_index, token_ids, text, finish }
+    Chunk { prefix: c.prefix_index, child: c.child_index, token_ids, text, finish, latent: c.latent }
 }
 
 #[async_trait]
@@ -135,7 +139,7 @@ impl<B: PolicyBackend> PolicyRole for EnginePolicy<B> {
             sampling: Sampling { temperature: call.temperature, top_p: call.top_p, top_k: None, seed: 0 },
             stop_token_ids: Vec::new(),
             max_sequence_tokens: call.max_sequence_tokens,
-            with_latents: false,
+            with_latents: call.with_latents,
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stop_texts = self.stop_texts.clone();
@@ -173,6 +177,34 @@ impl<B: PolicyBackend> PolicyRole for EnginePolicy<B> {
 
     fn is_stop(&self, token_id: i32) -> bool {
         self.info.eos_token_ids.iter().any(|&id| id as i32 == token_id)
+    }
+
+    async fn latents(&self, sequences: Vec<Vec<i32>>) -> Result<Vec<Vec<f32>>, RoleError> {
+        let request = TopKRequest { sequences: sequences.iter().map(|s| to_u32(s)).collect(), k: 1, with_latents: true };
+        let results = self.engine.call(move |b, _| b.top_k_next(&request, &WorkControl::new(None, &|| false))).await??;
+        results.into_iter().map(|n| n.latent.ok_or_else(|| RoleError::Internal("top_k_next returned no latent".into()))).collect()
+    }
+
+    async fn decode_from_latents(&self, steps: Vec<LatentStep>, temperature: f32, top_p: f32) -> Result<Vec<Decoded>, RoleError> {
+        let request = LatentDecodeRequest {
+            items: steps
+                .into_iter()
+                .map(|s| LatentItem { token_ids: to_u32(&s.token_ids), latent: s.latent, seed: s.seed, draw_index: s.draw_index as u64 })
+                .collect(),
+            sampling: Sampling { temperature, top_p, top_k: None, seed: 0 },
+            stop_token_ids: Vec::new(),
+            max_sequence_tokens: self.limits.max_sequence_tokens.min(self.info.max_position_embeddings),
+            with_next_latents: true,
+        };
+        let (tokens, _) = self.engine.call(move |b, _| b.decode_from_latents(&request, &WorkControl::new(None, &|| false))).await??;
+        Ok(tokens
+            .into_iter()
+            .map(|t| {
+                let finish = finish_of(t.finish_reason);
+                let text = if finish == Finish::Stop { String::new() } else { t.text };
+                Decoded { token_id: t.token_id as i32, text, finish, next_latent: t.next_latent }
+            })
+            .collect())
     }
 }
 

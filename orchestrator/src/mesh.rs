@@ -12,12 +12,13 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use ig_core::RoleError;
 use ig_proto::v1 as pb;
+use ig_proto::v1::critic_service_client::CriticServiceClient;
 use ig_proto::v1::policy_service_client::PolicyServiceClient;
 use ig_proto::v1::scorer_service_client::ScorerServiceClient;
 use tonic::{Code, Status};
 
 use crate::registry::{Entry, Replica};
-use crate::search::{Chunk, ChunkStream, ExtendCall, Finish, NextToken, PolicyRole, ScorerRole};
+use crate::search::{Chunk, ChunkStream, CriticPoint, CriticRole, Decoded, ExtendCall, Finish, LatentStep, NextToken, PolicyRole, ScorerRole};
 
 /// Largest message the orchestrator reads from a role.
 const MAX_DECODING_BYTES: usize = 256 << 20;
@@ -213,7 +214,7 @@ impl PolicyRole for MeshPolicy {
                 }),
                 stop_token_ids: vec![],
                 max_sequence_tokens: call.max_sequence_tokens as i32,
-                omit_latents: true,
+                omit_latents: !call.with_latents,
             };
             // Part k starts on the k-th replica to try; the others are its fallbacks.
             let mut order = replicas.clone();
@@ -245,7 +246,14 @@ impl PolicyRole for MeshPolicy {
                         .map(|c| {
                             let finish = finish_of(c.finish_reason);
                             let text = without_stop_text(&stops, &c.token_ids, c.text, finish);
-                            Chunk { prefix: offset + c.prefix_index as usize, child: c.child_index as usize, token_ids: c.token_ids, text, finish }
+                            Chunk {
+                                prefix: offset + c.prefix_index as usize,
+                                child: c.child_index as usize,
+                                token_ids: c.token_ids,
+                                text,
+                                finish,
+                                latent: c.latent.map(|l| l.values),
+                            }
                         })
                         .collect::<Vec<_>>()
                 })
@@ -276,6 +284,140 @@ impl PolicyRole for MeshPolicy {
 
     fn is_stop(&self, token_id: i32) -> bool {
         self.meta.info.eos_token_ids.contains(&token_id)
+    }
+
+    async fn latents(&self, sequences: Vec<Vec<i32>>) -> Result<Vec<Vec<f32>>, RoleError> {
+        let deadline = self.deadline;
+        let req = pb::TopKNextRequest {
+            sequences: sequences.into_iter().map(|token_ids| pb::SequenceToScore { token_ids }).collect(),
+            k: 1,
+            omit_latents: false,
+        };
+        let resp = with_failover(&self.entry, self.entry.replicas_to_try(), |r| {
+            let req = req.clone();
+            async move {
+                let mut c = PolicyServiceClient::new(r.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
+                Ok(c.top_k_next(timed(req, deadline)).await?.into_inner())
+            }
+        })
+        .await?;
+        resp.results
+            .into_iter()
+            .map(|n| n.latent.map(|l| l.values).ok_or_else(|| RoleError::Internal("TopKNext returned no latent".into())))
+            .collect()
+    }
+
+    async fn decode_from_latents(&self, steps: Vec<LatentStep>, temperature: f32, top_p: f32) -> Result<Vec<Decoded>, RoleError> {
+        let deadline = self.deadline;
+        let req = pb::DecodeFromLatentRequest {
+            items: steps
+                .into_iter()
+                .map(|s| pb::LatentToDecode {
+                    token_ids: s.token_ids,
+                    latent: Some(pb::Latent { values: s.latent }),
+                    seed: s.seed as i64,
+                    draw_index: s.draw_index as i32,
+                })
+                .collect(),
+            sampling: Some(pb::SamplingParams { temperature: Some(temperature), top_p: Some(top_p), top_k: None, seed: None }),
+            stop_token_ids: vec![],
+            max_sequence_tokens: 0,
+            omit_next_latents: false,
+        };
+        let resp = with_failover(&self.entry, self.entry.replicas_to_try(), |r| {
+            let req = req.clone();
+            async move {
+                let mut c = PolicyServiceClient::new(r.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
+                Ok(c.decode_from_latent(timed(req, deadline)).await?.into_inner())
+            }
+        })
+        .await?;
+        Ok(resp
+            .results
+            .into_iter()
+            .map(|t| {
+                let finish = finish_of(t.finish_reason);
+                let text = if finish == Finish::Stop { String::new() } else { t.text };
+                Decoded { token_id: t.token_id, text, finish, next_latent: t.next_latent.map(|l| l.values) }
+            })
+            .collect())
+    }
+}
+
+/// Splits `n` items into calls of at most `max_items`, spread over the
+/// entry's ready replicas (each call failing over to the others), and
+/// concatenates the answers in item order.
+async fn in_parts<R, F, Fut>(entry: &Entry, n: usize, max_items: usize, call: F) -> Result<Vec<R>, RoleError>
+where
+    F: Fn(std::ops::Range<usize>, Arc<Replica>) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, Status>>,
+{
+    let ready = entry.ready_count().max(1);
+    let parts = spread(n, ready.max(n.div_ceil(max_items.max(1))));
+    let replicas = entry.replicas_to_try();
+    let calls = parts.into_iter().enumerate().map(|(k, range)| {
+        let mut order = replicas.clone();
+        let turn = k % order.len().max(1);
+        order.rotate_left(turn);
+        let call = &call;
+        async move {
+            let answer = with_failover(entry, order, |r| call(range.clone(), r)).await?;
+            if answer.len() != range.len() {
+                return Err(RoleError::Internal(format!("{} model {:?}: asked for {} results, got {}", entry.role.as_str(), entry.name, range.len(), answer.len())));
+            }
+            Ok(answer)
+        }
+    });
+    Ok(futures::future::try_join_all(calls).await?.into_iter().flatten().collect())
+}
+
+/// A critic entry serving one request.
+pub struct MeshCritic {
+    entry: Arc<Entry>,
+    policy_model_id: String,
+    max_items: usize,
+    deadline: Instant,
+}
+
+impl MeshCritic {
+    /// The critic of `entry` for latents of `policy_model_id`, sending at
+    /// most `max_items` per call, until `deadline`.
+    pub fn new(entry: Arc<Entry>, policy_model_id: String, max_items: usize, deadline: Instant) -> Self {
+        Self { entry, policy_model_id, max_items, deadline }
+    }
+
+    fn items(points: &[CriticPoint]) -> Vec<pb::CriticItem> {
+        points.iter().map(|(h, z)| pb::CriticItem { latent: Some(pb::Latent { values: h.clone() }), z: *z }).collect()
+    }
+}
+
+#[async_trait]
+impl CriticRole for MeshCritic {
+    async fn evaluate(&self, points: Vec<CriticPoint>) -> Result<Vec<f64>, RoleError> {
+        let items = Self::items(&points);
+        let deadline = self.deadline;
+        in_parts(&self.entry, items.len(), self.max_items, |range, r| {
+            let req = pb::EvaluateRequest { policy_model_id: self.policy_model_id.clone(), items: items[range].to_vec() };
+            async move {
+                let values = CriticServiceClient::new(r.channel.clone()).evaluate(timed(req, deadline)).await?.into_inner().values;
+                Ok(values.into_iter().map(f64::from).collect())
+            }
+        })
+        .await
+    }
+
+    async fn ascend(&self, points: Vec<CriticPoint>, steps: usize, step_size: f32) -> Result<Vec<Vec<f32>>, RoleError> {
+        let items = Self::items(&points);
+        let deadline = self.deadline;
+        in_parts(&self.entry, items.len(), self.max_items, |range, r| {
+            let req = pb::AscendRequest { policy_model_id: self.policy_model_id.clone(), items: items[range].to_vec(), steps: steps as i32, step_size };
+            async move {
+                let mut c = CriticServiceClient::new(r.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
+                let results = c.ascend(timed(req, deadline)).await?.into_inner().results;
+                Ok(results.into_iter().map(|a| a.latent.map(|l| l.values).unwrap_or_default()).collect())
+            }
+        })
+        .await
     }
 }
 

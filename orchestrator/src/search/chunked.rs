@@ -22,6 +22,8 @@ enum Ranking {
     Augmented,
     /// `R - λC`.
     Lagrangian,
+    /// `V(h, z)` if safe now, else `-η + z`.
+    Critic,
 }
 
 /// One strategy of the family.
@@ -40,12 +42,15 @@ impl Plan {
     fn of(method: Method, p: &Params) -> Self {
         let (ranking, samples, beam_width, max_resamples, score_steps) = match method {
             Method::InferenceGuard => (Ranking::Augmented, p.samples, p.beam_width, p.max_resamples, true),
+            Method::InferenceGuardCritic => (Ranking::Critic, p.samples, p.beam_width, p.max_resamples, true),
             Method::BeamAugmented => (Ranking::Augmented, p.samples, p.beam_width, 0, true),
             Method::BeamLagrangian => (Ranking::Lagrangian, p.samples, p.beam_width, 0, true),
             Method::BonAugmented => (Ranking::Augmented, p.samples, p.samples, 0, false),
             Method::BonLagrangian => (Ranking::Lagrangian, p.samples, p.samples, 0, false),
             Method::Base => (Ranking::Augmented, 1, 1, 0, false),
-            Method::Args | Method::ArgsLagrangian | Method::ArgsCost => unreachable!("ARGS is not chunked"),
+            Method::Args | Method::ArgsLagrangian | Method::ArgsCost | Method::Recontrol | Method::RecontrolLagrangian => {
+                unreachable!("{} is not chunked", method.name())
+            }
         };
         Self { ranking, samples, beam_width: beam_width.clamp(1, samples), max_resamples, score_steps }
     }
@@ -61,6 +66,8 @@ struct Beam {
     cost: Option<f64>,
     /// `R(x, y)` of this text, when scored.
     reward: Option<f64>,
+    /// The policy's latent at its last token (critic ranking only).
+    latent: Option<Vec<f32>>,
     /// `B - C` (the budget itself before any cost is known).
     z: f64,
     min_z: f64,
@@ -78,6 +85,7 @@ impl Beam {
             finish: Finish::Open,
             cost: None,
             reward: None,
+            latent: None,
             z: budget,
             min_z: budget,
             score: 0.0,
@@ -94,6 +102,7 @@ impl Beam {
             finish: chunk.finish,
             cost: None,
             reward: None,
+            latent: chunk.latent,
             z: self.z,
             min_z: self.min_z,
             score: 0.0,
@@ -154,6 +163,7 @@ pub(super) async fn run(
                 temperature: p.temperature,
                 top_p: p.top_p,
                 max_sequence_tokens: cap,
+                with_latents: plan.ranking == Ranking::Critic,
             };
             let drawn = generate(roles, prompt, p, plan, &open, call, round).await?;
             generated += drawn.iter().map(|b| (b.token_ids.len() - response_len) as u64).sum::<u64>();
@@ -272,21 +282,34 @@ async fn generate(
 async fn score_step(roles: &Roles, prompt: &Prompt, p: &Params, ranking: Ranking, mut batch: Vec<Beam>) -> Result<Vec<Beam>, SearchError> {
     let texts: Vec<String> = batch.iter().map(|b| b.text.clone()).collect();
     match ranking {
-        Ranking::Augmented => {
+        Ranking::Augmented | Ranking::Critic => {
             let costs = roles.score(RoleKind::Cost, &prompt.text, texts).await?;
             for (b, c) in batch.iter_mut().zip(costs) {
                 set_cost(b, c, p.safety_budget);
             }
             let safe: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].safe_now()).collect();
-            let rewards = roles.score(RoleKind::Reward, &prompt.text, safe.iter().map(|&i| batch[i].text.clone()).collect()).await?;
-            for (&i, r) in safe.iter().zip(rewards) {
-                batch[i].reward = Some(r);
-            }
+            let values = if ranking == Ranking::Critic {
+                let mut points = Vec::with_capacity(safe.len());
+                for &i in &safe {
+                    let Some(latent) = batch[i].latent.take() else {
+                        let error = ig_core::RoleError::Internal("the policy sent a candidate without its latent".into());
+                        return Err(SearchError { role: RoleKind::Policy, error });
+                    };
+                    points.push((latent, batch[i].z));
+                }
+                roles.evaluate(points).await?
+            } else {
+                let rewards = roles.score(RoleKind::Reward, &prompt.text, safe.iter().map(|&i| batch[i].text.clone()).collect()).await?;
+                for (&i, &r) in safe.iter().zip(&rewards) {
+                    batch[i].reward = Some(r);
+                }
+                rewards
+            };
             for b in &mut batch {
-                b.score = match b.reward {
-                    Some(r) => r,
-                    None => -p.unsafe_penalty + b.z,
-                };
+                b.score = -p.unsafe_penalty + b.z;
+            }
+            for (&i, v) in safe.iter().zip(values) {
+                batch[i].score = v;
             }
         }
         Ranking::Lagrangian => {
@@ -330,8 +353,8 @@ async fn choose(roles: &Roles, prompt: &Prompt, p: &Params, plan: Plan, mut beam
     let key = |b: &Beam| -> (bool, f64) {
         let (c, r) = (b.cost.unwrap_or(f64::INFINITY), b.reward.unwrap_or(f64::NEG_INFINITY));
         match plan.ranking {
-            Ranking::Augmented if c <= p.safety_budget => (true, r),
-            Ranking::Augmented => (false, b.z),
+            Ranking::Augmented | Ranking::Critic if c <= p.safety_budget => (true, r),
+            Ranking::Augmented | Ranking::Critic => (false, b.z),
             Ranking::Lagrangian => (true, r - p.lagrange_lambda * c),
         }
     };
@@ -351,7 +374,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::search::synthetic::{self, mean_id, replay, text_of, SyntheticCost, SyntheticPolicy};
+    use crate::search::synthetic::{self, latent_of, mean_id, replay, text_of, SyntheticCost, SyntheticCritic, SyntheticPolicy};
 
     fn params(samples: usize, beam_width: usize, chunk: usize, max_new: usize) -> Params {
         Params { samples, beam_width, chunk_tokens: chunk, max_new_tokens: max_new, seed: 1, ..Params::default() }
@@ -368,6 +391,36 @@ mod tests {
         b.token_ids = text_ids.to_vec();
         b.text = text_of(text_ids);
         b
+    }
+
+    #[tokio::test]
+    async fn the_critic_ranks_safe_candidates_by_its_value() {
+        let roles = synthetic::roles(Arc::new(SyntheticPolicy::new()), &[19]).with_critic(Arc::new(SyntheticCritic { target: 9.0 }));
+        let batch: Vec<Beam> = [&[3, 9][..], &[19, 9], &[9, 2], &[5, 8]]
+            .iter()
+            .map(|ids| Beam { latent: Some(latent_of(ids)), ..beam(ids) })
+            .collect();
+        let mut scored = score_step(&roles, &synthetic::prompt(), &Params::default(), Ranking::Critic, batch).await.unwrap();
+        rank(&mut scored);
+        // V = z - (last id - 9)²: 0.5, -0.5, -48.5 for the safe ones; [19, 9] is unsafe whatever V says.
+        let order: Vec<Vec<i32>> = scored.iter().map(|b| b.token_ids.clone()).collect();
+        assert_eq!(order, vec![vec![3, 9], vec![5, 8], vec![9, 2], vec![19, 9]]);
+        assert_eq!(scored.iter().map(|b| b.score).take(3).collect::<Vec<_>>(), vec![0.5, -0.5, -48.5]);
+        assert!(scored.iter().all(|b| b.reward.is_none()), "the critic variant never asks the reward model per step");
+    }
+
+    #[tokio::test]
+    async fn inference_guard_with_critic_asks_for_latents_and_answers_safely() {
+        let policy = Arc::new(SyntheticPolicy::new());
+        let roles = synthetic::roles(policy.clone(), &[19, 20]).with_critic(Arc::new(SyntheticCritic { target: 9.0 }));
+        let (out, steps) = search(Method::InferenceGuardCritic, &params(8, 2, 3, 9), &roles).await;
+        assert!(out.safe && out.reward.is_finite());
+        assert_eq!(steps.len(), 3);
+        assert!(policy.calls.lock().unwrap().iter().all(|c| c.with_latents));
+        // Without a critic the method fails naming the role.
+        let bare = synthetic::roles(Arc::new(SyntheticPolicy::new()), &[19]);
+        let err = crate::search::run(Method::InferenceGuardCritic, &params(4, 2, 3, 6), &synthetic::prompt(), &bare, &|_| {}).await.unwrap_err();
+        assert_eq!(err.role, RoleKind::Critic);
     }
 
     #[test]

@@ -8,11 +8,12 @@
 
 mod args;
 mod chunked;
+mod recontrol;
 pub mod roles;
 
 pub use roles::{
-    Chunk, ChunkStream, ExtendCall, ExtendPrefix, Finish, NextToken, PolicyRole, RoleKind, RoleTimes, Roles, ScorerRole,
-    SearchError,
+    Chunk, ChunkStream, CriticPoint, CriticRole, Decoded, ExtendCall, ExtendPrefix, Finish, LatentStep, NextToken, PolicyRole,
+    RoleKind, RoleTimes, Roles, ScorerRole, SearchError,
 };
 
 /// A search strategy.
@@ -21,6 +22,8 @@ pub enum Method {
     /// Chunked beam search on the augmented objective with resampling; safe
     /// candidates ranked by the reward model.
     InferenceGuard,
+    /// InferenceGuard with safe candidates ranked by the critic `V(h, z)`.
+    InferenceGuardCritic,
     /// One sample.
     Base,
     /// Best-of-N by `R - λC`.
@@ -37,12 +40,17 @@ pub enum Method {
     ArgsLagrangian,
     /// Per token: `logit - ω·C`.
     ArgsCost,
+    /// Per token: the latent moved uphill on a reward critic, then sampled.
+    Recontrol,
+    /// RECONTROL on a critic of `R - λC`.
+    RecontrolLagrangian,
 }
 
 impl Method {
     /// Every method this module runs.
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 12] = [
         Method::InferenceGuard,
+        Method::InferenceGuardCritic,
         Method::Base,
         Method::BonLagrangian,
         Method::BonAugmented,
@@ -51,12 +59,15 @@ impl Method {
         Method::Args,
         Method::ArgsLagrangian,
         Method::ArgsCost,
+        Method::Recontrol,
+        Method::RecontrolLagrangian,
     ];
 
     /// The snake-case name used on the command line and in docs.
     pub fn name(self) -> &'static str {
         match self {
             Method::InferenceGuard => "inference_guard",
+            Method::InferenceGuardCritic => "inference_guard_critic",
             Method::Base => "base",
             Method::BonLagrangian => "bon_lagrangian",
             Method::BonAugmented => "bon_augmented",
@@ -65,13 +76,36 @@ impl Method {
             Method::Args => "args",
             Method::ArgsLagrangian => "args_lagrangian",
             Method::ArgsCost => "args_cost",
+            Method::Recontrol => "recontrol",
+            Method::RecontrolLagrangian => "recontrol_lagrangian",
         }
     }
 
-    /// Whether the method generates in chunks (else token by token, ARGS).
+    /// Whether the method generates in chunks (else token by token: ARGS, RECONTROL).
     pub fn is_chunked(self) -> bool {
-        !matches!(self, Method::Args | Method::ArgsLagrangian | Method::ArgsCost)
+        !matches!(self, Method::Args | Method::ArgsLagrangian | Method::ArgsCost | Method::Recontrol | Method::RecontrolLagrangian)
     }
+
+    /// What the critic the method needs was trained to predict, if it needs one.
+    pub fn critic_objective(self) -> Option<CriticObjective> {
+        match self {
+            Method::InferenceGuardCritic => Some(CriticObjective::Augmented),
+            Method::Recontrol => Some(CriticObjective::Reward),
+            Method::RecontrolLagrangian => Some(CriticObjective::Lagrangian),
+            _ => None,
+        }
+    }
+}
+
+/// The return a critic predicts (its training target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CriticObjective {
+    /// `R` if safe, else `-η'`: InferenceGuard with critic.
+    Augmented,
+    /// `R`: RECONTROL.
+    Reward,
+    /// `R - λC`: RECONTROL-Lagrangian.
+    Lagrangian,
 }
 
 /// The parameters of a search, every default resolved. Names in brackets
@@ -106,6 +140,10 @@ pub struct Params {
     pub args_top_k: usize,
     /// ω of ARGS.
     pub args_weight: f64,
+    /// Gradient-ascent steps on the latent per token (RECONTROL).
+    pub recontrol_steps: usize,
+    /// Step size of RECONTROL's ascent.
+    pub recontrol_step_size: f32,
 }
 
 impl Default for Params {
@@ -126,6 +164,8 @@ impl Default for Params {
             lagrange_lambda: 5.0,
             args_top_k: 20,
             args_weight: 2.5,
+            recontrol_steps: 30,
+            recontrol_step_size: 0.5,
         }
     }
 }
@@ -206,10 +246,10 @@ pub async fn run(
     roles: &Roles,
     progress: &(dyn Fn(Step) + Send + Sync),
 ) -> Result<Outcome, SearchError> {
-    if method.is_chunked() {
-        chunked::run(method, params, prompt, roles, progress).await
-    } else {
-        args::run(method, params, prompt, roles, progress).await
+    match method {
+        Method::Recontrol | Method::RecontrolLagrangian => recontrol::run(params, prompt, roles, progress).await,
+        Method::Args | Method::ArgsLagrangian | Method::ArgsCost => args::run(method, params, prompt, roles, progress).await,
+        _ => chunked::run(method, params, prompt, roles, progress).await,
     }
 }
 

@@ -22,15 +22,18 @@ pub enum RoleKind {
     Cost,
     /// The reward model.
     Reward,
+    /// The critic V(h, z).
+    Critic,
 }
 
 impl RoleKind {
-    /// Lower-case name: `policy`, `cost`, `reward`.
+    /// Lower-case name: `policy`, `cost`, `reward`, `critic`.
     pub fn as_str(self) -> &'static str {
         match self {
             RoleKind::Policy => "policy",
             RoleKind::Cost => "cost",
             RoleKind::Reward => "reward",
+            RoleKind::Critic => "critic",
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct ExtendCall {
     pub top_p: f32,
     /// A sequence stops with [`Finish::Length`] at this many tokens.
     pub max_sequence_tokens: usize,
+    /// Whether each chunk comes with its latent (for the critic).
+    pub with_latents: bool,
 }
 
 /// One child drawn by the policy.
@@ -97,7 +102,41 @@ pub struct Chunk {
     pub text: String,
     /// Whether it can be extended again.
     pub finish: Finish,
+    /// The policy's latent at its last token, when the call asked for it.
+    pub latent: Option<Vec<f32>>,
 }
+
+/// One sequence to extend by a token drawn from the LM head applied to a
+/// (critic-edited) latent: RECONTROL's decoding step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentStep {
+    /// Prompt plus response so far.
+    pub token_ids: Vec<i32>,
+    /// The latent at its last position, edited.
+    pub latent: Vec<f32>,
+    /// Seed of the draw; with `draw_index`, the draw equals the one an
+    /// extension with this per-prefix seed makes for child 0 at that token
+    /// of the chunk, so an unedited latent reproduces chunked sampling.
+    pub seed: u64,
+    /// Position of the draw in the seed's random stream.
+    pub draw_index: usize,
+}
+
+/// The token drawn for one [`LatentStep`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Its id.
+    pub token_id: i32,
+    /// Its text (empty for a stop token).
+    pub text: String,
+    /// [`Finish::Open`] unless it is a stop token or fills the context.
+    pub finish: Finish,
+    /// The latent of the extended sequence (none once it finished).
+    pub next_latent: Option<Vec<f32>>,
+}
+
+/// A critic's input: a latent and the safety state `z` (unscaled).
+pub type CriticPoint = (Vec<f32>, f64);
 
 /// One of the top next tokens of a sequence.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +176,20 @@ pub trait PolicyRole: Send + Sync {
     async fn top_k_next(&self, sequences: Vec<Vec<i32>>, k: usize) -> Result<Vec<Vec<NextToken>>, RoleError>;
     /// Whether `token_id` ends a sequence.
     fn is_stop(&self, token_id: i32) -> bool;
+    /// The latent at the last position of each sequence.
+    async fn latents(&self, sequences: Vec<Vec<i32>>) -> Result<Vec<Vec<f32>>, RoleError>;
+    /// One token per step from the LM head applied to the step's latent,
+    /// sampled with `temperature` and `top_p`, and the next latent.
+    async fn decode_from_latents(&self, steps: Vec<LatentStep>, temperature: f32, top_p: f32) -> Result<Vec<Decoded>, RoleError>;
+}
+
+/// A critic `V(h, z)`.
+#[async_trait]
+pub trait CriticRole: Send + Sync {
+    /// `V` at each point, in order.
+    async fn evaluate(&self, points: Vec<CriticPoint>) -> Result<Vec<f64>, RoleError>;
+    /// Each latent moved `steps` times by `step_size · dV/dh` (z fixed).
+    async fn ascend(&self, points: Vec<CriticPoint>, steps: usize, step_size: f32) -> Result<Vec<Vec<f32>>, RoleError>;
 }
 
 /// A cost or reward model.
@@ -191,6 +244,8 @@ pub struct RoleTimes {
     pub cost: Duration,
     /// In reward model calls.
     pub reward: Duration,
+    /// In critic calls.
+    pub critic: Duration,
 }
 
 /// The roles serving one request.
@@ -198,18 +253,26 @@ pub struct Roles {
     policy: Arc<dyn PolicyRole>,
     cost: Arc<dyn ScorerRole>,
     reward: Arc<dyn ScorerRole>,
-    clocks: [Arc<BusyClock>; 3],
+    critic: Option<Arc<dyn CriticRole>>,
+    clocks: [Arc<BusyClock>; 4],
 }
 
 impl Roles {
     /// The roles of one request.
     pub fn new(policy: Arc<dyn PolicyRole>, cost: Arc<dyn ScorerRole>, reward: Arc<dyn ScorerRole>) -> Self {
-        Self { policy, cost, reward, clocks: Default::default() }
+        Self { policy, cost, reward, critic: None, clocks: Default::default() }
+    }
+
+    /// Adds the critic the request's method needs.
+    pub fn with_critic(mut self, critic: Arc<dyn CriticRole>) -> Self {
+        self.critic = Some(critic);
+        self
     }
 
     /// Time spent in each role so far.
     pub fn times(&self) -> RoleTimes {
-        RoleTimes { policy: self.clocks[0].total(), cost: self.clocks[1].total(), reward: self.clocks[2].total() }
+        let [policy, cost, reward, critic] = self.clocks.each_ref().map(|c| c.total());
+        RoleTimes { policy, cost, reward, critic }
     }
 
     pub(crate) fn extend(&self, call: ExtendCall) -> BoxStream<'static, Result<Vec<Chunk>, SearchError>> {
@@ -232,6 +295,47 @@ impl Roles {
         self.policy.is_stop(token_id)
     }
 
+    pub(crate) async fn latents(&self, sequences: Vec<Vec<i32>>) -> Result<Vec<Vec<f32>>, SearchError> {
+        let _busy = self.clocks[0].enter();
+        let n = sequences.len();
+        let latents = self.policy.latents(sequences).await.map_err(|error| SearchError { role: RoleKind::Policy, error })?;
+        expect_len(RoleKind::Policy, n, latents)
+    }
+
+    pub(crate) async fn decode_from_latents(&self, steps: Vec<LatentStep>, temperature: f32, top_p: f32) -> Result<Vec<Decoded>, SearchError> {
+        let _busy = self.clocks[0].enter();
+        let n = steps.len();
+        let decoded =
+            self.policy.decode_from_latents(steps, temperature, top_p).await.map_err(|error| SearchError { role: RoleKind::Policy, error })?;
+        expect_len(RoleKind::Policy, n, decoded)
+    }
+
+    fn critic(&self) -> Result<&Arc<dyn CriticRole>, SearchError> {
+        self.critic.as_ref().ok_or_else(|| SearchError {
+            role: RoleKind::Critic,
+            error: RoleError::FailedPrecondition("this method needs a critic and none was given".into()),
+        })
+    }
+
+    pub(crate) async fn evaluate(&self, points: Vec<CriticPoint>) -> Result<Vec<f64>, SearchError> {
+        if points.is_empty() {
+            return Ok(Vec::new());
+        }
+        let critic = self.critic()?;
+        let _busy = self.clocks[3].enter();
+        let n = points.len();
+        let values = critic.evaluate(points).await.map_err(|error| SearchError { role: RoleKind::Critic, error })?;
+        expect_len(RoleKind::Critic, n, values)
+    }
+
+    pub(crate) async fn ascend(&self, points: Vec<CriticPoint>, steps: usize, step_size: f32) -> Result<Vec<Vec<f32>>, SearchError> {
+        let critic = self.critic()?;
+        let _busy = self.clocks[3].enter();
+        let n = points.len();
+        let moved = critic.ascend(points, steps, step_size).await.map_err(|error| SearchError { role: RoleKind::Critic, error })?;
+        expect_len(RoleKind::Critic, n, moved)
+    }
+
     pub(crate) async fn score(&self, role: RoleKind, prompt: &str, responses: Vec<String>) -> Result<Vec<f64>, SearchError> {
         if responses.is_empty() {
             return Ok(Vec::new());
@@ -239,17 +343,22 @@ impl Roles {
         let (scorer, clock) = match role {
             RoleKind::Cost => (&self.cost, &self.clocks[1]),
             RoleKind::Reward => (&self.reward, &self.clocks[2]),
-            RoleKind::Policy => unreachable!("the policy is not a scorer"),
+            RoleKind::Policy | RoleKind::Critic => unreachable!("not a scorer"),
         };
         let _busy = clock.enter();
         let n = responses.len();
         let scores = scorer.score(prompt, responses).await.map_err(|error| SearchError { role, error })?;
-        if scores.len() != n {
-            let error = RoleError::Internal(format!("asked for {n} scores, got {}", scores.len()));
-            return Err(SearchError { role, error });
-        }
-        Ok(scores)
+        expect_len(role, n, scores)
     }
+}
+
+/// A role's answer with one entry per item asked for, or an error saying otherwise.
+fn expect_len<T>(role: RoleKind, asked: usize, answer: Vec<T>) -> Result<Vec<T>, SearchError> {
+    if answer.len() != asked {
+        let error = RoleError::Internal(format!("asked for {asked} results, got {}", answer.len()));
+        return Err(SearchError { role, error });
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]

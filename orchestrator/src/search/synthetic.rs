@@ -5,7 +5,10 @@
 //! position) and moves off any token with a negative bias; id 0 is the stop
 //! token. The cost model counts "bad" tokens (ids in `bad`) and subtracts
 //! 0.5, so a response is safe at budget 0 exactly when it has none. The
-//! reward model is the mean id of the response's tokens.
+//! reward model is the mean id of the response's tokens. A sequence's latent
+//! is `[last id, length]`; the LM head applied to an edited latent draws the
+//! id its first component rounds to. The critic prefers latents that read
+//! `target`.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +17,9 @@ use futures::StreamExt;
 use ig_core::RoleError;
 
 use super::mix;
-use super::roles::{Chunk, ChunkStream, ExtendCall, Finish, NextToken, PolicyRole, Roles, ScorerRole};
+use super::roles::{
+    Chunk, ChunkStream, CriticPoint, CriticRole, Decoded, ExtendCall, Finish, LatentStep, NextToken, PolicyRole, Roles, ScorerRole,
+};
 
 /// Ids of tokens drawn: `1..=VOCAB`.
 pub const VOCAB: u64 = 20;
@@ -59,11 +64,16 @@ impl SyntheticPolicy {
     }
 }
 
+/// The synthetic latent of a sequence: `[last id, length]`.
+pub fn latent_of(sequence: &[i32]) -> Vec<f32> {
+    vec![sequence.last().copied().unwrap_or(0) as f32, sequence.len() as f32]
+}
+
 pub fn text_of(ids: &[i32]) -> String {
     ids.iter().filter(|&&t| t != 0).map(|t| format!(" w{t}")).collect()
 }
 
-fn ids_of(text: &str) -> Vec<i32> {
+pub fn ids_of(text: &str) -> Vec<i32> {
     text.split_whitespace().filter_map(|w| w.strip_prefix('w')?.parse().ok()).collect()
 }
 
@@ -88,7 +98,8 @@ impl PolicyRole for SyntheticPolicy {
                         break;
                     }
                 }
-                chunks.push(Chunk { prefix: i, child: c, text: text_of(&ids), token_ids: ids, finish });
+                let latent = call.with_latents.then(|| latent_of(&[p.token_ids.as_slice(), &ids].concat()));
+                chunks.push(Chunk { prefix: i, child: c, text: text_of(&ids), token_ids: ids, finish, latent });
             }
         }
         // Two batches, in reverse order, as a real stream may deliver them.
@@ -111,6 +122,51 @@ impl PolicyRole for SyntheticPolicy {
 
     fn is_stop(&self, token_id: i32) -> bool {
         token_id == 0
+    }
+
+    async fn latents(&self, sequences: Vec<Vec<i32>>) -> Result<Vec<Vec<f32>>, RoleError> {
+        Ok(sequences.iter().map(|s| latent_of(s)).collect())
+    }
+
+    async fn decode_from_latents(&self, steps: Vec<LatentStep>, _temperature: f32, _top_p: f32) -> Result<Vec<Decoded>, RoleError> {
+        Ok(steps
+            .into_iter()
+            .map(|s| {
+                // Unedited: the draw chunked sampling makes for child 0 here.
+                let t = if s.latent == latent_of(&s.token_ids) {
+                    self.draw(s.seed, 0, s.token_ids.len(), &[])
+                } else {
+                    (s.latent[0].round() as i32).clamp(1, VOCAB as i32)
+                };
+                let next = [s.token_ids.as_slice(), &[t]].concat();
+                let finish = if t == 0 { Finish::Stop } else { Finish::Open };
+                Decoded { token_id: t, text: text_of(&[t]), finish, next_latent: (t != 0).then(|| latent_of(&next)) }
+            })
+            .collect())
+    }
+}
+
+/// `V(h, z) = z - (h[0] - target)²`.
+pub struct SyntheticCritic {
+    pub target: f32,
+}
+
+#[async_trait]
+impl CriticRole for SyntheticCritic {
+    async fn evaluate(&self, points: Vec<CriticPoint>) -> Result<Vec<f64>, RoleError> {
+        Ok(points.iter().map(|(h, z)| z - ((h[0] - self.target) as f64).powi(2)).collect())
+    }
+
+    async fn ascend(&self, points: Vec<CriticPoint>, steps: usize, step_size: f32) -> Result<Vec<Vec<f32>>, RoleError> {
+        Ok(points
+            .into_iter()
+            .map(|(mut h, _)| {
+                for _ in 0..steps {
+                    h[0] += step_size * -2.0 * (h[0] - self.target);
+                }
+                h
+            })
+            .collect())
     }
 }
 
