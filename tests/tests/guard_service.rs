@@ -240,7 +240,8 @@ async fn bad_requests_name_the_field() {
         (with(&|r| r.prompt = None), Code::InvalidArgument, "prompt"),
         (with(&|r| r.prompt = Some(pb::generate_request::Prompt::PromptText("x".repeat(20_000)))), Code::InvalidArgument, "prompt_text"),
         (with(&|r| r.method = 99), Code::InvalidArgument, "method"),
-        (with(&|r| r.method = pb::Method::Recontrol as i32), Code::Unimplemented, "method"),
+        // This registry has no critic.
+        (with(&|r| r.method = pb::Method::Recontrol as i32), Code::NotFound, "critic"),
         (with(&|r| r.cost_model = "nope".into()), Code::NotFound, "cost_model"),
         (with(&|r| r.cost_model = "minilm-reward".into()), Code::FailedPrecondition, "cost_model"),
         (with(&|r| r.policy_model = "gpt".into()), Code::NotFound, "policy_model"),

