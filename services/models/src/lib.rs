@@ -13,7 +13,10 @@
 //!   embeddings, safetensors plus metadata.
 //! - [`scorer`]: the [`ig_core::scorer::ScorerBackend`]: score models over
 //!   encoder or Llama trunks, in our head format and the public ones.
+//! - [`critic`]: the critic MLP `V(h, z)` and its file format, with the
+//!   gradients RECONTROL ascends ([`ig_core::critic::CriticBackend`]).
 
+pub mod critic;
 pub mod encoder;
 pub mod kv_cache;
 pub mod llama;
