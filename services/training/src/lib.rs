@@ -10,9 +10,12 @@
 //! - [`metrics`]: AUC, rates, pairwise accuracy, threshold calibration;
 //! - [`plot`]: loss curves as SVG and PNG;
 //! - [`pipeline`]: training, calibration, layout selection, held-out evaluation;
-//! - [`cli`]: the `train-head` command.
+//! - [`cli`]: the `train-head` command;
+//! - [`critic`]: training the critic `V(h, z)` on rollout samples (MSE, Adam, split by prompt,
+//!   loss plot).
 
 pub mod cli;
+pub mod critic;
 pub mod data;
 pub mod datasets;
 pub mod features;
