@@ -16,6 +16,7 @@ mod bench;
 mod extend_cmd;
 mod generate_cmd;
 mod score_cmd;
+mod train_critic;
 mod train_head;
 mod up;
 
@@ -62,6 +63,8 @@ enum Command {
     Demo(up::DemoArgs),
     /// Train a demo cost or reward head on frozen MiniLM features (docs/models.md).
     TrainHead(train_head::TrainHeadArgs),
+    /// Roll the policy out through the mesh on training prompts and train critics on its latents (docs/models.md).
+    TrainCritic(train_critic::TrainCriticArgs),
     /// The benchmark suite: policy and scorer throughput, search time per prompt (mesh and in-process), memory over a soak, charts; `bench all --out DIR` runs every one.
     Bench {
         #[command(subcommand)]
@@ -83,6 +86,14 @@ enum ServeRole {
     Scorer {
         #[command(flatten)]
         args: ig_scorer::ScorerArgs,
+        /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9000).
+        #[arg(long, env = "IG_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// The critic V(h, z) over the policy's latent and the safety state.
+    Critic {
+        #[command(flatten)]
+        args: ig_critic::CriticArgs,
         /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9000).
         #[arg(long, env = "IG_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
@@ -114,6 +125,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = ig_serve::process::bind(args.listen).await?;
             ig_scorer::run(args, listener, ig_serve::server::shutdown_signal()).await
         }
+        Command::Serve { role: ServeRole::Critic { args, metrics_listen } } => {
+            let _telemetry = ig_serve::telemetry::init("ig-critic", cli.log_format, metrics_listen)?;
+            let listener = ig_serve::process::bind(args.listen).await?;
+            ig_critic::run(args, listener, ig_serve::server::shutdown_signal()).await
+        }
         Command::Score(args) => score_cmd::run(args).await,
         Command::Up(args) => up::up(args, cli.log_format).await,
         Command::Extend(args) => extend_cmd::run(args).await,
@@ -121,5 +137,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => up::demo(args, cli.log_format).await,
         Command::Bench { target } => bench::run(target, cli.log_format).await,
         Command::TrainHead(args) => train_head::run(args),
+        Command::TrainCritic(args) => train_critic::run(args, cli.log_format).await,
     }
 }

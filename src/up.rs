@@ -26,15 +26,48 @@ pub(crate) const DEFAULT_COST_MODEL: &str = "models/heads/cost-minilm-l6.safeten
 /// The demo reward model the mesh serves by default.
 pub(crate) const DEFAULT_REWARD_MODEL: &str = "models/heads/reward-minilm-l6.safetensors";
 
-/// The score models the mesh runs beside the policy.
+/// Where the demo critics are committed (`inferenceguard train-critic` writes them).
+pub(crate) const DEMO_CRITICS: &str = "models/critics";
+
+/// The models the mesh runs beside the policy: score models and critics.
 #[derive(Debug, Clone, Args)]
-pub struct ScorerModels {
+pub struct MeshModels {
     /// The cost model (a head file or checkpoint directory).
     #[arg(long, default_value = DEFAULT_COST_MODEL)]
     pub cost_model: PathBuf,
     /// The reward model (a head file or checkpoint directory).
     #[arg(long, default_value = DEFAULT_REWARD_MODEL)]
     pub reward_model: PathBuf,
+    /// A critic to serve (repeat the flag). Default: every critic in models/critics.
+    #[arg(long = "critic")]
+    pub critics: Vec<PathBuf>,
+    /// Serve no critic.
+    #[arg(long, conflicts_with = "critics")]
+    pub no_critics: bool,
+}
+
+impl MeshModels {
+    /// The critics to serve, each with its objective (read from its header).
+    fn critics(&self) -> anyhow::Result<Vec<(PathBuf, ig_core::critic::CriticObjective)>> {
+        let paths = if self.no_critics {
+            Vec::new()
+        } else if self.critics.is_empty() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(DEMO_CRITICS)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect())
+                .unwrap_or_default();
+            found.sort();
+            found
+        } else {
+            self.critics.clone()
+        };
+        paths
+            .into_iter()
+            .map(|p| {
+                let meta = ig_models::critic::CriticMeta::read(&p).map_err(|e| anyhow::anyhow!("--critic {}: {e}", p.display()))?;
+                Ok((p, meta.objective))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -42,7 +75,7 @@ pub struct UpArgs {
     #[command(flatten)]
     pub policy: ig_policy::PolicyArgs,
     #[command(flatten)]
-    pub scorers: ScorerModels,
+    pub scorers: MeshModels,
     /// Address of the cost scorer.
     #[arg(long, default_value = "127.0.0.1:50052")]
     pub cost_listen: SocketAddr,
@@ -85,7 +118,7 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub policy: ig_policy::PolicyArgs,
     #[command(flatten)]
-    pub scorers: ScorerModels,
+    pub scorers: MeshModels,
 }
 
 /// The models of the mesh, each on its own model thread. Engine handles are
@@ -102,7 +135,7 @@ pub(crate) struct RoleEngines {
 impl RoleEngines {
     /// Starts loading the models; returns at once. The scorers' flags name
     /// `cost_listen` and `reward_listen` as their addresses.
-    pub(crate) fn start(policy: ig_policy::PolicyArgs, scorers: &ScorerModels, cost_listen: SocketAddr, reward_listen: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) fn start(policy: ig_policy::PolicyArgs, scorers: &MeshModels, cost_listen: SocketAddr, reward_listen: SocketAddr) -> anyhow::Result<Self> {
         let cost_args = ScorerArgs::with_model(&scorers.cost_model, cost_listen);
         let reward_args = ScorerArgs::with_model(&scorers.reward_model, reward_listen);
         Ok(Self {
@@ -153,6 +186,7 @@ pub(crate) struct Mesh {
     cost: SocketAddr,
     reward: SocketAddr,
     guard: SocketAddr,
+    critics: Vec<ServedCritic>,
     /// The models behind the role servers.
     pub engines: RoleEngines,
     /// The registry file the orchestrator reads (edit it to add models).
@@ -179,9 +213,12 @@ impl Addresses {
 }
 
 /// The registry of a loopback mesh: one policy, one cost and one reward model.
-fn loopback_registry(policy: SocketAddr, cost: SocketAddr, reward: SocketAddr, scorers: &ScorerModels) -> String {
-    let stem = |p: &std::path::Path| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    format!(
+fn stem(p: &std::path::Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn loopback_registry(policy: SocketAddr, cost: SocketAddr, reward: SocketAddr, scorers: &MeshModels, critics: &[ServedCritic]) -> String {
+    let mut text = format!(
         r#"# Written by `inferenceguard up`. Add a [[scorer]] entry (a new cost model's
 # endpoints) and the orchestrator picks it up within seconds; requests choose
 # it with cost_model = "<name>".
@@ -204,7 +241,18 @@ default = true
 "#,
         cost_name = stem(&scorers.cost_model),
         reward_name = stem(&scorers.reward_model),
-    )
+    );
+    for c in critics {
+        text += &format!("\n[[critic]]\nname = \"{}\"\nobjective = \"{}\"\nendpoints = [\"http://{}\"]\n", c.name, c.objective.as_str(), c.addr);
+    }
+    text
+}
+
+/// A critic served by the mesh.
+struct ServedCritic {
+    name: String,
+    objective: ig_core::critic::CriticObjective,
+    addr: SocketAddr,
 }
 
 async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -213,7 +261,7 @@ async fn bind(role: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 impl Mesh {
     /// Starts every role and the orchestrator; returns once they listen (see [`Mesh::wait_ready`]).
-    pub(crate) async fn start(policy: ig_policy::PolicyArgs, scorers: &ScorerModels, at: Addresses) -> anyhow::Result<Self> {
+    pub(crate) async fn start(policy: ig_policy::PolicyArgs, scorers: &MeshModels, at: Addresses) -> anyhow::Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -222,11 +270,22 @@ impl Mesh {
         let gl = bind("orchestrator", at.guard).await?;
         let (policy_addr, cost_addr, reward_addr, guard_addr) = (pl.local_addr()?, cl.local_addr()?, rl.local_addr()?, gl.local_addr()?);
         let engines = RoleEngines::start(policy, scorers, cost_addr, reward_addr)?;
+        let mut critics = Vec::new();
+        let mut critic_tasks = Vec::new();
+        for (path, objective) in scorers.critics()? {
+            let listener = bind("critic", SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let addr = listener.local_addr()?;
+            let args = ig_critic::CriticArgs::with_model(&path, addr);
+            let engine = ig_critic::start_engine(&args)?;
+            let shutdown = signal(stopped.clone());
+            critic_tasks.push(tokio::spawn(async move { ig_critic::serve(engine, &args, listener, shutdown).await }));
+            critics.push(ServedCritic { name: stem(&path), objective, addr });
+        }
         let registry_dir = tempfile::Builder::new().prefix("inferenceguard-up-").tempdir()?;
         let registry = registry_dir.path().join("registry.toml");
-        std::fs::write(&registry, loopback_registry(policy_addr, cost_addr, reward_addr, scorers))?;
+        std::fs::write(&registry, loopback_registry(policy_addr, cost_addr, reward_addr, scorers, &critics))?;
         let guard = ig_orchestrator::OrchestratorArgs::with_registry(&registry, guard_addr);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn({
                 let (engine, args, shutdown) = (engines.policy.clone(), engines.policy_args.clone(), signal(stopped.clone()));
                 async move { serve_policy(engine, &args, pl, shutdown).await }
@@ -241,11 +300,13 @@ impl Mesh {
             }),
             tokio::spawn(ig_orchestrator::run(guard, gl, signal(stopped))),
         ];
+        tasks.extend(critic_tasks);
         Ok(Self {
             policy: policy_addr,
             cost: cost_addr,
             reward: reward_addr,
             guard: guard_addr,
+            critics,
             engines,
             registry,
             _registry_dir: registry_dir,
@@ -264,16 +325,29 @@ impl Mesh {
         let reward = ScorerClient::connect_lazy(&format!("http://{}", self.reward))?;
         let limit = Duration::from_secs(600);
         let guard = GuardClient::connect_lazy(&format!("http://{}", self.guard))?;
-        let ready = tokio::try_join!(policy.wait_ready(limit), cost.wait_ready(limit), reward.wait_ready(limit), guard.wait_ready(limit));
+        let critics = futures::future::try_join_all(self.critics.iter().map(|c| async move {
+            let endpoint = format!("http://{}", c.addr);
+            let channel = ig_orchestrator::channel::connect_lazy(&endpoint)?;
+            ig_orchestrator::channel::wait_serving(&channel, &endpoint, ig_critic::SERVICE_NAME, limit).await
+        }));
+        let ready = tokio::try_join!(policy.wait_ready(limit), cost.wait_ready(limit), reward.wait_ready(limit), guard.wait_ready(limit), critics);
         bar.finish_and_clear();
         ready?;
         Ok(guard)
+    }
+
+    /// The registry file the orchestrator reads.
+    pub(crate) fn registry(&self) -> &std::path::Path {
+        &self.registry
     }
 
     fn print_endpoints(&self) {
         println!("policy  grpc://{}  (inferenceguard.v1.PolicyService)", self.policy);
         println!("cost    grpc://{}  (inferenceguard.v1.ScorerService)", self.cost);
         println!("reward  grpc://{}  (inferenceguard.v1.ScorerService)", self.reward);
+        for c in &self.critics {
+            println!("critic  grpc://{}  (inferenceguard.v1.CriticService: {}, objective {})", c.addr, c.name, c.objective.as_str());
+        }
         println!("guard   grpc://{}  (inferenceguard.v1.GuardService, the public API)", self.guard);
         println!("registry {}", self.registry.display());
     }

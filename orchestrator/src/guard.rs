@@ -17,7 +17,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument;
 
 use crate::mesh::{policy_meta, MeshCritic, MeshPolicy, MeshScorer};
-use crate::registry::{fetch_info, objective_name, Entry, EntryRole, LookupError, Registry, RoleInfo};
+use crate::registry::{fetch_info, Entry, EntryRole, LookupError, Registry, RoleInfo};
 use crate::search::{self, CriticObjective, Method, Outcome, Params, RoleKind, Roles, SearchError, Step};
 
 /// Name of the service in `grpc.health.v1`.
@@ -333,7 +333,7 @@ impl GuardServer {
             None => None,
             Some(objective) => Some(snapshot.resolve_critic(&req.critic, objective).map_err(|e| match e {
                 LookupError::NotFound(m) => {
-                    let meta = [("role", "critic"), ("model", req.critic.as_str()), ("objective", objective_name(objective))];
+                    let meta = [("role", "critic"), ("model", req.critic.as_str()), ("objective", objective.as_str())];
                     status(Code::NotFound, "MODEL_NOT_FOUND", format!("critic: {m}"), Some("critic"), &meta)
                 }
                 LookupError::RoleMismatch(m) => {

@@ -39,25 +39,6 @@ use tonic::transport::Channel;
 use crate::channel::connect_lazy;
 use crate::search::CriticObjective;
 
-/// The objective named in a critic entry.
-pub fn parse_objective(s: &str) -> Option<CriticObjective> {
-    match s {
-        "augmented" => Some(CriticObjective::Augmented),
-        "reward" => Some(CriticObjective::Reward),
-        "lagrangian" => Some(CriticObjective::Lagrangian),
-        _ => None,
-    }
-}
-
-/// The name of an objective in the registry file.
-pub fn objective_name(o: CriticObjective) -> &'static str {
-    match o {
-        CriticObjective::Augmented => "augmented",
-        CriticObjective::Reward => "reward",
-        CriticObjective::Lagrangian => "lagrangian",
-    }
-}
-
 /// The role a registry entry plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -240,7 +221,7 @@ impl Snapshot {
             let names: Vec<&str> = of_objective().map(|e| e.name.as_str()).collect();
             LookupError::NotFound(format!(
                 "the registry has no default critic of objective {:?}; {}",
-                objective_name(objective),
+                objective.as_str(),
                 if names.is_empty() { "none is registered".to_string() } else { format!("name one of: {}", names.join(", ")) }
             ))
         })
@@ -314,9 +295,7 @@ fn parse(text: &str) -> Result<Vec<Parsed>, String> {
                 return Err(format!("{at}.name: another {} model is named {:?}", role.as_str(), e.name));
             }
             let objective = match (role, e.objective.as_deref()) {
-                (EntryRole::Critic, Some(o)) => Some(parse_objective(o).ok_or_else(|| {
-                    format!("{at}.objective: {o:?} is not one of \"augmented\", \"reward\", \"lagrangian\"")
-                })?),
+                (EntryRole::Critic, Some(o)) => Some(o.parse::<CriticObjective>().map_err(|e| format!("{at}.objective: {e}"))?),
                 (EntryRole::Critic, None) => return Err(format!("{at}.objective: a critic needs one (\"augmented\", \"reward\" or \"lagrangian\")")),
                 (_, Some(_)) => return Err(format!("{at}.objective: only critics take an objective")),
                 (_, None) => None,
@@ -333,7 +312,7 @@ fn parse(text: &str) -> Result<Vec<Parsed>, String> {
         let group: Vec<usize> = (0..out.len()).filter(|&i| out[i].role == role && out[i].objective == objective).collect();
         let defaults: Vec<&str> = group.iter().filter(|&&i| out[i].default).map(|&i| out[i].name.as_str()).collect();
         let what = match objective {
-            Some(o) => format!("{} critics", objective_name(o)),
+            Some(o) => format!("{} critics", o.as_str()),
             None => format!("{} models", role.as_str()),
         };
         if defaults.len() > 1 {

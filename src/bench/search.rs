@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{file_name, list, median, print_table, progress, Report};
 use crate::generate_cmd::method_parser;
-use crate::up::{ensure_demo_assets, quiet_telemetry, Addresses, Mesh, RoleEngines, ScorerModels, BENIGN_PROMPT, HARMFUL_PROMPT};
+use crate::up::{ensure_demo_assets, quiet_telemetry, Addresses, Mesh, RoleEngines, MeshModels, BENIGN_PROMPT, HARMFUL_PROMPT};
 
 #[derive(Debug, Args)]
 pub struct SearchBench {
@@ -66,7 +66,7 @@ pub struct SearchBench {
     #[command(flatten)]
     policy: ig_policy::PolicyArgs,
     #[command(flatten)]
-    scorers: ScorerModels,
+    scorers: MeshModels,
 }
 
 impl SearchBench {

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::{file_name, print_table, progress, rss_bytes, Report};
-use crate::up::{ensure_demo_assets, quiet_telemetry, Addresses, Mesh, ScorerModels};
+use crate::up::{ensure_demo_assets, quiet_telemetry, Addresses, Mesh, MeshModels};
 
 #[derive(Debug, Args)]
 pub struct SoakBench {
@@ -46,7 +46,7 @@ pub struct SoakBench {
     #[command(flatten)]
     policy: ig_policy::PolicyArgs,
     #[command(flatten)]
-    scorers: ScorerModels,
+    scorers: MeshModels,
 }
 
 impl SoakBench {

@@ -44,7 +44,7 @@ async fn every_method_answers_and_streams_its_steps() {
     let g = GuardUnderTest::start(&registry_toml(roles, &["minilm-cost"], &[])).await;
     let mut client = g.client.clone();
     let info = client.info(pb::GuardInfoRequest {}).await.unwrap().into_inner();
-    assert_eq!(info.methods.len(), 9);
+    assert_eq!(info.methods.len(), 12);
     let methods = [
         pb::Method::InferenceGuard,
         pb::Method::Base,

@@ -11,6 +11,7 @@ mod chunked;
 mod recontrol;
 pub mod roles;
 
+pub use ig_core::critic::CriticObjective;
 pub use roles::{
     Chunk, ChunkStream, CriticPoint, CriticRole, Decoded, ExtendCall, ExtendPrefix, Finish, LatentStep, NextToken, PolicyRole,
     RoleKind, RoleTimes, Roles, ScorerRole, SearchError,
@@ -97,16 +98,7 @@ impl Method {
     }
 }
 
-/// The return a critic predicts (its training target).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CriticObjective {
-    /// `R` if safe, else `-η'`: InferenceGuard with critic.
-    Augmented,
-    /// `R`: RECONTROL.
-    Reward,
-    /// `R - λC`: RECONTROL-Lagrangian.
-    Lagrangian,
-}
+
 
 /// The parameters of a search, every default resolved. Names in brackets
 /// are the paper's.
