@@ -38,9 +38,25 @@ pub fn argmax(xs: &[f32]) -> usize {
     best
 }
 
+/// The random stream of one child positioned at its `draw`-th token: the
+/// stream [`sample`] draws token `draw` from when it starts at token 0, since
+/// every draw takes exactly one 32-bit word of the stream.
+pub fn rng_at_draw(seed: u64, prefix_index: usize, child_index: usize, draw: u64) -> ChaCha8Rng {
+    let mut rng = child_rng(seed, prefix_index, child_index);
+    rng.set_word_pos(u128::from(draw));
+    rng
+}
+
 /// Draws a token id from `logits` (already biased) with `params`, using `rng`.
 /// `scratch` is reused across calls to avoid allocations.
+///
+/// Every call takes exactly one 32-bit word from `rng`, in every branch
+/// (greedy included), so token `j` of a stream is drawn from word `j` and can
+/// be drawn alone ([`rng_at_draw`]).
 pub fn sample(logits: &[f32], params: &Sampling, rng: &mut ChaCha8Rng, scratch: &mut Vec<(f32, u32)>) -> u32 {
+    // The one word of this draw, taken before any branch (`f32` takes one
+    // `next_u32`).
+    let unit = rng.random::<f32>();
     if params.temperature <= 0.0 {
         return argmax(logits) as u32;
     }
@@ -50,7 +66,7 @@ pub fn sample(logits: &[f32], params: &Sampling, rng: &mut ChaCha8Rng, scratch: 
     if cut_k.is_none() && params.top_p >= 1.0 {
         // Full softmax: one pass for the normaliser, one to find the draw.
         let total: f32 = logits.iter().map(|&l| ((l - max) * inv_t).exp()).sum();
-        let mut u = rng.random::<f32>() * total;
+        let mut u = unit * total;
         let mut last = 0;
         for (i, &l) in logits.iter().enumerate() {
             let p = ((l - max) * inv_t).exp();
@@ -101,7 +117,7 @@ pub fn sample(logits: &[f32], params: &Sampling, rng: &mut ChaCha8Rng, scratch: 
             }
         }
         let mass: f32 = if n == k { head_mass } else { head[..n].iter().map(|p| p.0).sum() };
-        let mut u = rng.random::<f32>() * mass;
+        let mut u = unit * mass;
         for p in &head[..n] {
             u -= p.0;
             if u <= 0.0 {
@@ -170,6 +186,23 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(child_rng(5, 1, 2).random::<u64>(), child_rng(5, 1, 3).random::<u64>());
         assert_ne!(child_rng(5, 1, 2).random::<u64>(), child_rng(5, 2, 2).random::<u64>());
+    }
+
+    #[test]
+    fn every_draw_takes_one_word_and_can_be_drawn_alone() {
+        let logits: Vec<f32> = (0..3000).map(|i| ((i * 7919) % 3000) as f32 / 300.0).collect();
+        let cases =
+            [params(0.0, 1.0, None), params(1.0, 1.0, None), params(0.7, 1.0, Some(40)), params(1.0, 0.9, None), params(1.3, 0.5, Some(3))];
+        for p in cases {
+            let mut rng = child_rng(9, 0, 0);
+            let mut scratch = vec![];
+            let tokens: Vec<u32> = (0..70).map(|_| sample(&logits, &p, &mut rng, &mut scratch)).collect();
+            assert_eq!(rng.get_word_pos(), 70, "{p:?}: one word per draw");
+            for (j, &t) in tokens.iter().enumerate() {
+                let mut alone = rng_at_draw(9, 0, 0, j as u64);
+                assert_eq!(sample(&logits, &p, &mut alone, &mut scratch), t, "{p:?}: draw {j}");
+            }
+        }
     }
 
     #[test]
