@@ -13,7 +13,8 @@ use crate::RoleError;
 pub struct PolicyLimits {
     /// Longest sequence (prefix plus generated tokens), in tokens.
     pub max_sequence_tokens: usize,
-    /// Most prefixes per ExtendChunk call (sequences per TopKNext call).
+    /// Most prefixes per ExtendChunk call (sequences per TopKNext call, items
+    /// per DecodeFromLatent call).
     pub max_prefixes: usize,
     /// Most children of one prefix.
     pub max_children_per_prefix: usize,
@@ -241,6 +242,66 @@ pub struct NextTokens {
     pub latent: Option<Vec<f32>>,
 }
 
+/// One sequence to extend by a token drawn from a given latent (RECONTROL's
+/// decoding step: the latent was moved by a critic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentItem {
+    /// Prompt plus response so far; never empty.
+    pub token_ids: Vec<u32>,
+    /// Stands for the post-norm hidden state at the last token: `latent_dim`
+    /// finite values.
+    pub latent: Vec<f32>,
+    /// Seed of the draw's stream: the stream of child 0 of a prefix whose
+    /// [`PrefixSpec::seed`] is this seed.
+    pub seed: u64,
+    /// Position of the draw in that stream: the draw an extension makes for
+    /// the token at this index of its chunk.
+    pub draw_index: u64,
+}
+
+/// A validated request to draw one token from each item's latent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentDecodeRequest {
+    /// The items, at least one.
+    pub items: Vec<LatentItem>,
+    /// How tokens are drawn; `seed` is not used (each item has its own).
+    pub sampling: Sampling,
+    /// Ids that end a sequence besides the model's EOS ids.
+    pub stop_token_ids: Vec<u32>,
+    /// A sequence stops with [`FinishReason::Length`] at this many tokens.
+    pub max_sequence_tokens: usize,
+    /// Whether to compute the latent of each extended sequence.
+    pub with_next_latents: bool,
+}
+
+impl LatentDecodeRequest {
+    /// KV cache bytes the request holds while its next latents are computed.
+    pub fn kv_cache_bytes(&self, kv_bytes_per_position: usize) -> usize {
+        self.items.iter().map(|i| (i.token_ids.len() + 1) * kv_bytes_per_position).sum()
+    }
+}
+
+/// The token drawn for one [`LatentItem`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedToken {
+    /// The drawn id.
+    pub token_id: u32,
+    /// Its log-probability under the softmax of the latent's logits at
+    /// temperature 1 (no top-p/top-k cut), as an extension reports it.
+    pub logprob: f32,
+    /// The text it adds to the sequence (special tokens kept).
+    pub text: String,
+    /// [`FinishReason::Stop`] for a stop id, [`FinishReason::Length`] when
+    /// the extended sequence reaches the length limit, otherwise
+    /// [`FinishReason::Chunk`] (it may be extended again).
+    pub finish_reason: FinishReason,
+    /// Post-norm hidden state at the drawn token (the extended sequence's
+    /// last position); none when not requested or finished by a stop id.
+    pub next_latent: Option<Vec<f32>>,
+    /// Length of the extended sequence.
+    pub sequence_tokens: usize,
+}
+
 /// Tells a long computation whether to go on: the client may have left or
 /// the deadline may have passed.
 pub struct WorkControl<'a> {
@@ -328,4 +389,18 @@ pub trait PolicyBackend: Send + 'static {
         request: &TopKRequest,
         control: &WorkControl<'_>,
     ) -> Result<Vec<NextTokens>, RoleError>;
+    /// One token per item, drawn from the LM head applied to the item's
+    /// latent with the item's own random stream, and (when asked) the latent
+    /// of the sequence extended by it, in item order, with the work done
+    /// (`compute` included).
+    ///
+    /// The draw is that of an extension: with the latent an extension (or
+    /// TopKNext) returned for the sequence, the token equals the one
+    /// [`PolicyBackend::extend`] draws for child 0 of a prefix seeded with
+    /// `seed`, at index `draw_index` of its chunk.
+    fn decode_from_latents(
+        &mut self,
+        request: &LatentDecodeRequest,
+        control: &WorkControl<'_>,
+    ) -> Result<(Vec<DecodedToken>, ExtendStats), RoleError>;
 }

