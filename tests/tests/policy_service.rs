@@ -204,6 +204,74 @@ async fn bad_input_is_invalid_argument_naming_field_and_limit() {
     s.stop().await;
 }
 
+fn decode_req(token_ids: Vec<i32>, values: Vec<f32>, seed: i64, draw_index: i32) -> pb::DecodeFromLatentRequest {
+    pb::DecodeFromLatentRequest {
+        items: vec![pb::LatentToDecode { token_ids, latent: Some(pb::Latent { values }), seed, draw_index }],
+        // As extend_req (its seed is ignored here).
+        sampling: Some(pb::SamplingParams { temperature: Some(1.0), top_p: Some(0.95), top_k: None, seed: Some(12345) }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn decoding_from_unedited_latents_redraws_the_extension_and_bad_latents_are_named() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let prompt = prompt_ids(&s, CHAT).await;
+    let mut raw = ig_proto::v1::policy_service_client::PolicyServiceClient::connect(format!("http://{}", s.addr)).await.unwrap();
+    let top = raw
+        .top_k_next(pb::TopKNextRequest { sequences: vec![pb::SequenceToScore { token_ids: prompt.clone() }], k: 1, omit_latents: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut latent = top.results[0].latent.clone().unwrap().values;
+    let (seed, n) = (-77i64, 6);
+    let mut sequence = prompt.clone();
+    let (mut tokens, mut logprobs, mut text) = (Vec::new(), Vec::new(), String::new());
+    for j in 0..n {
+        let resp = raw.decode_from_latent(decode_req(sequence.clone(), latent.clone(), seed, j)).await.unwrap().into_inner();
+        assert_eq!(resp.results.len(), 1);
+        let stats = resp.stats.unwrap();
+        let d = resp.results.into_iter().next().unwrap();
+        sequence.push(d.token_id);
+        tokens.push(d.token_id);
+        logprobs.push(d.logprob);
+        text.push_str(&d.text);
+        assert_eq!(d.sequence_tokens as usize, sequence.len());
+        if pb::FinishReason::try_from(d.finish_reason).unwrap() == pb::FinishReason::Stop {
+            assert!(d.next_latent.is_none());
+            break;
+        }
+        assert_eq!(pb::FinishReason::try_from(d.finish_reason).unwrap(), pb::FinishReason::Chunk);
+        assert!(stats.prefill_tokens <= 1, "the sequence so far comes from the prefix cache: {stats:?}");
+        latent = d.next_latent.unwrap().values;
+        assert_eq!(latent.len(), 576);
+    }
+    let mut req = extend_req(vec![(prompt.clone(), 1)], n, 0);
+    req.prefixes[0].seed = Some(seed);
+    let (cands, _) = collect(&s, req).await.unwrap();
+    assert_eq!(tokens, cands[0].token_ids, "token by token from the latents = the extension's chunk");
+    assert_eq!(logprobs, cands[0].token_logprobs);
+    assert_eq!(text, cands[0].text);
+
+    let mut nan = latent.clone();
+    nan[7] = f32::NAN;
+    let cases: Vec<(pb::DecodeFromLatentRequest, &str, &str)> = vec![
+        (decode_req(prompt.clone(), latent[..575].to_vec(), 0, 0), "items[0].latent.values", "exactly 576 values (latent_dim), got 575"),
+        (decode_req(prompt.clone(), nan, 0, 0), "items[0].latent.values[7]", "finite"),
+        (decode_req(vec![1, 49152], latent.clone(), 0, 0), "items[0].token_ids[1]", "[0, 49152)"),
+        (decode_req(vec![], latent.clone(), 0, 0), "items[0].token_ids", "at least one token"),
+        (decode_req(prompt.clone(), latent.clone(), 0, -1), "items[0].draw_index", "got -1"),
+        (pb::DecodeFromLatentRequest::default(), "items", "at least one"),
+    ];
+    for (req, field, needle) in cases {
+        let err = raw.decode_from_latent(req).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().starts_with(&format!("{field}: ")), "message {:?} should name {field}", err.message());
+        assert!(err.message().contains(needle), "message {:?} should mention {needle:?}", err.message());
+    }
+    s.stop().await;
+}
+
 /// A long extension: 8 children of 250 tokens (tens of seconds on 2 cores).
 fn long_request(prompt: Vec<i32>) -> pb::ExtendChunkRequest {
     long_request_of(prompt, 250)

@@ -51,7 +51,8 @@ pub struct PolicyArgs {
     /// model's context.
     #[arg(long, env = "IG_MAX_SEQUENCE_TOKENS", default_value_t = PolicyLimits::default().max_sequence_tokens)]
     pub max_sequence_tokens: usize,
-    /// Most prefixes per request.
+    /// Most prefixes (ExtendChunk), sequences (TopKNext) or items
+    /// (DecodeFromLatent) per request.
     #[arg(long, env = "IG_MAX_PREFIXES", default_value_t = PolicyLimits::default().max_prefixes)]
     pub max_prefixes: usize,
     /// Most children of one prefix.

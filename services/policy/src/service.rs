@@ -2,13 +2,15 @@
 //! validates, hands the work to the model thread, and converts the answer.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::Stream;
 use std::time::Duration;
 
 use ig_core::policy::{
-    Candidate, ChatMessage, ExtendStats, FinishReason, PolicyBackend, PolicyInfo, PolicyLimits, TextCodec, WorkControl,
+    Candidate, ChatMessage, DecodedToken, ExtendStats, FinishReason, PolicyBackend, PolicyInfo, PolicyLimits, TextCodec,
+    WorkControl,
 };
 use ig_core::RoleError;
 use ig_proto::v1 as pb;
@@ -120,6 +122,37 @@ fn latent(values: Option<Vec<f32>>) -> Option<pb::Latent> {
     values.map(|values| pb::Latent { values })
 }
 
+fn finish_to_proto(f: FinishReason) -> i32 {
+    let f = match f {
+        FinishReason::Chunk => pb::FinishReason::Chunk,
+        FinishReason::Stop => pb::FinishReason::Stop,
+        FinishReason::Length => pb::FinishReason::Length,
+    };
+    f as i32
+}
+
+fn decoded_to_proto(d: DecodedToken) -> pb::DecodedToken {
+    pb::DecodedToken {
+        token_id: d.token_id as i32,
+        logprob: d.logprob,
+        text: d.text,
+        finish_reason: finish_to_proto(d.finish_reason),
+        next_latent: latent(d.next_latent),
+        sequence_tokens: d.sequence_tokens as i32,
+    }
+}
+
+/// Sets its flag when dropped: a unary handler's future is dropped when the
+/// client cancels or the deadline passes, and the model thread reads the flag
+/// to skip the work.
+struct GoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn candidate_to_proto(c: Candidate) -> pb::Candidate {
     pb::Candidate {
         prefix_index: c.prefix_index as i32,
@@ -128,11 +161,7 @@ fn candidate_to_proto(c: Candidate) -> pb::Candidate {
         text: c.text,
         logprob_sum: c.token_logprobs.iter().map(|&l| l as f64).sum(),
         token_logprobs: c.token_logprobs,
-        finish_reason: match c.finish_reason {
-            FinishReason::Chunk => pb::FinishReason::Chunk,
-            FinishReason::Stop => pb::FinishReason::Stop,
-            FinishReason::Length => pb::FinishReason::Length,
-        } as i32,
+        finish_reason: finish_to_proto(c.finish_reason),
         latent: latent(c.latent),
         sequence_tokens: c.sequence_tokens as i32,
     }
@@ -247,6 +276,45 @@ impl<B: PolicyBackend> PolicyService for PolicyServer<B> {
                     texts: n.texts,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn decode_from_latent(
+        &self,
+        req: Request<pb::DecodeFromLatentRequest>,
+    ) -> Result<Response<pb::DecodeFromLatentResponse>, Status> {
+        self.check_size(&req)?;
+        let deadline = deadline_of(req.metadata());
+        let (info, _) = self.model().await?;
+        let request = validate::decode_from_latent(req.into_inner(), info, &self.limits).map_err(role_status)?;
+        tracing::debug!(items = request.items.len(), "decode from latent");
+        let gone = Arc::new(AtomicBool::new(false));
+        let _gone_on_drop = GoneOnDrop(gone.clone());
+        let engine = self.engine.clone();
+        let (results, stats, queued) = within_deadline(deadline, async move {
+            engine
+                .call(move |backend, queued| {
+                    let client_gone = || gone.load(Ordering::Relaxed);
+                    let (results, stats) = backend.decode_from_latents(&request, &WorkControl::new(deadline, &client_gone))?;
+                    Ok::<_, RoleError>((results, stats, queued))
+                })
+                .await
+                .and_then(|r| r)
+                .map_err(role_status)
+        })
+        .await?;
+        metrics::counter!("ig_policy_generated_tokens_total").increment(stats.generated_tokens);
+        metrics::counter!("ig_policy_prefill_tokens_total").increment(stats.prefill_tokens);
+        metrics::counter!("ig_policy_cached_prefix_tokens_total").increment(stats.cached_prefix_tokens);
+        Ok(Response::new(pb::DecodeFromLatentResponse {
+            results: results.into_iter().map(decoded_to_proto).collect(),
+            stats: Some(pb::DecodeFromLatentStats {
+                prefill_tokens: stats.prefill_tokens as i64,
+                cached_prefix_tokens: stats.cached_prefix_tokens as i64,
+                forward_passes: stats.forward_passes as i64,
+                compute_ns: stats.compute.as_nanos() as i64,
+                queue_ns: queued.as_nanos() as i64,
+            }),
         }))
     }
 }

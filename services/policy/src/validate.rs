@@ -1,7 +1,9 @@
 //! Parse, don't validate: wire requests become the validated types of
 //! `ig_core::policy`, or an error naming the field, the limit and the value.
 
-use ig_core::policy::{ExtendRequest, PolicyInfo, PolicyLimits, PrefixSpec, Sampling, TopKRequest};
+use ig_core::policy::{
+    ExtendRequest, LatentDecodeRequest, LatentItem, PolicyInfo, PolicyLimits, PrefixSpec, Sampling, TopKRequest,
+};
 use ig_core::RoleError;
 use ig_proto::v1 as pb;
 
@@ -219,6 +221,80 @@ pub fn top_k(req: pb::TopKNextRequest, info: &PolicyInfo, limits: &PolicyLimits)
     Ok(TopKRequest { sequences, k, with_latents: !req.omit_latents })
 }
 
+/// Validates a DecodeFromLatent request.
+pub fn decode_from_latent(
+    req: pb::DecodeFromLatentRequest,
+    info: &PolicyInfo,
+    limits: &PolicyLimits,
+) -> Result<LatentDecodeRequest, RoleError> {
+    if req.items.is_empty() {
+        return Err(RoleError::invalid("items", "at least one item is required, got none"));
+    }
+    in_range("items", req.items.len() as i64, 1, limits.max_prefixes as i64, "max_prefixes")?;
+    let limit = sequence_limit(info, limits);
+    let max_sequence_tokens = match req.max_sequence_tokens {
+        0 => limit,
+        n => in_range("max_sequence_tokens", n as i64, 2, limit as i64, "the server's max_sequence_tokens")?,
+    };
+    let dim = info.latent_dim;
+    let mut items = Vec::with_capacity(req.items.len());
+    for (i, item) in req.items.into_iter().enumerate() {
+        let field = format!("items[{i}]");
+        if item.token_ids.is_empty() {
+            return Err(RoleError::invalid(format!("{field}.token_ids"), "must hold at least one token, got none"));
+        }
+        if item.token_ids.len() >= max_sequence_tokens {
+            return Err(RoleError::invalid(
+                format!("{field}.token_ids"),
+                format!(
+                    "at most {} tokens (max_sequence_tokens - 1) so that one can be added, got {}",
+                    max_sequence_tokens - 1,
+                    item.token_ids.len()
+                ),
+            ));
+        }
+        let token_ids = parse_ids(&format!("{field}.token_ids"), &item.token_ids, info.vocab_size)?;
+        let Some(latent) = item.latent else {
+            return Err(RoleError::invalid(format!("{field}.latent"), format!("is required ({dim} values, latent_dim), got none")));
+        };
+        if latent.values.len() != dim {
+            return Err(RoleError::invalid(
+                format!("{field}.latent.values"),
+                format!("must hold exactly {dim} values (latent_dim), got {}", latent.values.len()),
+            ));
+        }
+        if let Some((j, v)) = latent.values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(RoleError::invalid(format!("{field}.latent.values[{j}]"), format!("must be finite, got {v}")));
+        }
+        let draw_index = in_range(&format!("{field}.draw_index"), item.draw_index as i64, 0, i32::MAX as i64, "non-negative")?;
+        items.push(LatentItem { token_ids, latent: latent.values, seed: item.seed as u64, draw_index: draw_index as u64 });
+    }
+    // Each item has its own seed: the request's is not used.
+    let sampling = sampling(req.sampling.unwrap_or_default(), info.vocab_size, 0)?;
+    if req.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+        return Err(RoleError::invalid(
+            "stop_token_ids",
+            format!("at most {MAX_STOP_TOKEN_IDS} ids, got {}", req.stop_token_ids.len()),
+        ));
+    }
+    let stop_token_ids = parse_ids("stop_token_ids", &req.stop_token_ids, info.vocab_size)?;
+    let request =
+        LatentDecodeRequest { items, sampling, stop_token_ids, max_sequence_tokens, with_next_latents: !req.omit_next_latents };
+    let kv_bytes = request.kv_cache_bytes(info.kv_bytes_per_position);
+    if kv_bytes > limits.max_kv_cache_bytes {
+        return Err(RoleError::invalid(
+            "items",
+            format!(
+                "the items' KV cache ((tokens + 1) x {} bytes each) would take {} MiB, over the server's max_kv_cache_bytes of {} MiB",
+                info.kv_bytes_per_position,
+                kv_bytes >> 20,
+                limits.max_kv_cache_bytes >> 20
+            ),
+        ));
+    }
+    Ok(request)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +399,57 @@ mod tests {
         assert_eq!(f, "request");
         assert!(m.contains("max_message_bytes") && m.contains("11"));
         assert!(message_size(10, &limits).is_ok());
+    }
+
+    fn latent_item(ids: Vec<i32>, values: Vec<f32>) -> pb::LatentToDecode {
+        pb::LatentToDecode { token_ids: ids, latent: Some(pb::Latent { values }), seed: -3, draw_index: 2 }
+    }
+
+    fn decode_req(items: Vec<pb::LatentToDecode>) -> pb::DecodeFromLatentRequest {
+        pb::DecodeFromLatentRequest { items, ..Default::default() }
+    }
+
+    #[test]
+    fn decode_from_latent_resolves_defaults_and_keeps_the_seed_bits() {
+        let r = decode_from_latent(decode_req(vec![latent_item(vec![1, 5], vec![0.5; 8])]), &info(), &PolicyLimits::default()).unwrap();
+        assert_eq!(r.max_sequence_tokens, 64);
+        assert_eq!((r.items[0].seed, r.items[0].draw_index), (-3i64 as u64, 2));
+        assert_eq!(r.sampling.temperature, 1.0);
+        assert!(r.with_next_latents);
+    }
+
+    #[test]
+    fn decode_from_latent_names_the_field_and_the_limit() {
+        let limits = PolicyLimits { max_prefixes: 2, ..Default::default() };
+        let good = || latent_item(vec![1, 5], vec![0.5; 8]);
+        let mut nan = vec![0.5; 8];
+        nan[3] = f32::NAN;
+        let no_latent = pb::LatentToDecode { latent: None, ..good() };
+        let negative = pb::LatentToDecode { draw_index: -1, ..good() };
+        let mut greedy_k0 = decode_req(vec![good()]);
+        greedy_k0.sampling = Some(pb::SamplingParams { top_k: Some(0), ..Default::default() });
+        let cases: Vec<(pb::DecodeFromLatentRequest, &str, &str)> = vec![
+            (decode_req(vec![]), "items", "at least one"),
+            (decode_req(vec![good(), good(), good()]), "items", "max_prefixes"),
+            (decode_req(vec![good(), latent_item(vec![], vec![0.5; 8])]), "items[1].token_ids", "at least one token"),
+            (decode_req(vec![latent_item(vec![1, 100], vec![0.5; 8])]), "items[0].token_ids[1]", "[0, 100)"),
+            (decode_req(vec![latent_item(vec![1; 64], vec![0.5; 8])]), "items[0].token_ids", "at most 63"),
+            (decode_req(vec![latent_item(vec![1], vec![0.5; 7])]), "items[0].latent.values", "exactly 8 values (latent_dim), got 7"),
+            (decode_req(vec![latent_item(vec![1], nan)]), "items[0].latent.values[3]", "finite"),
+            (decode_req(vec![no_latent]), "items[0].latent", "required"),
+            (decode_req(vec![negative]), "items[0].draw_index", "got -1"),
+            (greedy_k0, "sampling.top_k", "[1, 100]"),
+        ];
+        for (r, field, needle) in cases {
+            let (f, m) = field_of(decode_from_latent(r, &info(), &limits).unwrap_err());
+            assert_eq!(f, field);
+            assert!(m.contains(needle), "{f}: {m:?} lacks {needle:?}");
+        }
+        let over_kv = PolicyLimits { max_kv_cache_bytes: 2 * 1024, ..Default::default() };
+        // (2 tokens + 1) x 1 KiB = 3 KiB.
+        let (f, m) = field_of(decode_from_latent(decode_req(vec![good()]), &info(), &over_kv).unwrap_err());
+        assert_eq!(f, "items");
+        assert!(m.contains("max_kv_cache_bytes"), "{m}");
     }
 
     #[test]
