@@ -1,9 +1,8 @@
 # syntax=docker/dockerfile:1.7
 #
-# One image with every binary of the workspace: ig-policy, ig-scorer, ig-orchestrator (and
-# ig-critic once that crate exists) and the `inferenceguard` command line (`assets fetch`, `up`,
-# `generate`, ...). Kubernetes picks the binary with the container's `command` (see helm/ and
-# k8s/).
+# One image with every binary of the workspace: ig-policy, ig-scorer, ig-critic, ig-orchestrator
+# and the `inferenceguard` command line (`assets fetch`, `up`, `generate`, ...). Kubernetes picks
+# the binary with the container's `command` (see helm/ and k8s/).
 #
 # CPU build (the default):
 #   docker build -t ghcr.io/inferenceguard/inferenceguard-mesh:0.1.0 .
@@ -34,8 +33,8 @@ FROM ${BUILD_BASE} AS builder
 ARG CARGO_FEATURES=""
 # Compute capability candle's CUDA kernels are compiled for (read only by the CUDA build).
 ARG CUDA_COMPUTE_CAP=90
-# The build fails unless every one of these binaries was built (add ig-critic once it exists).
-ARG REQUIRED_BINS="inferenceguard ig-policy ig-scorer ig-orchestrator"
+# The build fails unless every one of these binaries was built.
+ARG REQUIRED_BINS="inferenceguard ig-policy ig-scorer ig-critic ig-orchestrator"
 
 ENV RUSTUP_HOME=/usr/local/rustup \
     CARGO_HOME=/usr/local/cargo \

@@ -4,8 +4,9 @@ the roles, which neither the chart's schema nor the Kubernetes schema can see:
 
 - every ConfigMap key `registry.toml` parses as the registry ig-orchestrator reads
   (orchestrator/src/registry.rs: [[policy]], [[scorer]], [[critic]] entries with name,
-  endpoints, default, description and, for scorers, role = "cost" | "reward"; unknown keys are
-  errors; names unique per role; at most one default per role);
+  endpoints, default, description, for scorers role = "cost" | "reward", for critics
+  objective = "augmented" | "reward" | "lagrangian"; unknown keys are errors; names unique per
+  role; at most one default per role, and for critics per objective);
 - every registry endpoint names a Service of the same rendered set, on one of its ports;
 - a Deployment that runs ig-orchestrator mounts a registry ConfigMap and points IG_REGISTRY at
   `registry.toml` there;
@@ -24,7 +25,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-ENTRY_KEYS = {"name", "endpoints", "default", "description", "role"}
+ENTRY_KEYS = {"name", "endpoints", "default", "description", "role", "objective"}
+OBJECTIVES = ("augmented", "reward", "lagrangian")
 
 
 def registry_problems(text: str) -> list[str]:
@@ -55,6 +57,12 @@ def registry_problems(text: str) -> list[str]:
             elif role not in (None, section):
                 problems.append(f"{at}.role: only scorers take a role")
             role = role if section == "scorer" else section
+            objective = e.get("objective")
+            if section == "critic":
+                if objective not in OBJECTIVES:
+                    problems.append(f"{at}.objective: a critic needs one of {', '.join(OBJECTIVES)}, got {objective!r}")
+            elif objective is not None:
+                problems.append(f"{at}.objective: only critics take an objective")
             name = e.get("name")
             if not isinstance(name, str) or not name.strip():
                 problems.append(f"{at}.name: must be a non-empty string")
@@ -63,8 +71,9 @@ def registry_problems(text: str) -> list[str]:
             seen.add((role, name))
             if not isinstance(e.get("default", False), bool):
                 problems.append(f"{at}.default: must be true or false")
-            elif e.get("default") and role != "critic":
-                defaults.setdefault(role, []).append(name)
+            elif e.get("default"):
+                group = f"{objective} critic" if section == "critic" else role
+                defaults.setdefault(group, []).append(name)
             if not isinstance(e.get("description", ""), str):
                 problems.append(f"{at}.description: must be a string")
             endpoints = e.get("endpoints")

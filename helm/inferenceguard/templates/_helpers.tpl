@@ -112,7 +112,8 @@ unlike sprig's merge). Mutates dst. */}}
 The enabled roles, `roles` then `extraRoles`, each with its `roleOverrides` entry merged in,
 checked: returns YAML `{roles: [...]}` for
 `fromYaml`. Fails on what the schema cannot see: an override naming no role, duplicate names, not exactly one policy, more
-than one orchestrator, two defaults for one score role, a PVC model without a claim, a name that
+than one orchestrator, two defaults for one score role or critic objective, a critic without an
+objective, a PVC model without a claim, a name that
 would make a Service name longer than 63 characters.
 */}}
 {{- define "ig.roles" -}}
@@ -160,11 +161,15 @@ would make a Service name longer than 63 characters.
 {{- $_ := set $defaults $sr $name }}
 {{- end }}
 {{- end }}
-{{- if and (eq $kind "critic") $r.default }}
-{{- if hasKey $defaults "critic" }}
-{{- fail (printf "roles %q: %q is already the default critic; only one may set default: true" $name (index $defaults "critic")) }}
+{{- if eq $kind "critic" }}
+{{- $obj := required (printf "roles %q: objective (augmented|lagrangian|reward) is required for a critic" $name) $r.objective }}
+{{- if $r.default }}
+{{- $key := printf "critic/%s" $obj }}
+{{- if hasKey $defaults $key }}
+{{- fail (printf "roles %q: %q is already the default %s critic; only one per objective may set default: true" $name (index $defaults $key) $obj) }}
 {{- end }}
-{{- $_ := set $defaults "critic" $name }}
+{{- $_ := set $defaults $key $name }}
+{{- end }}
 {{- end }}
 {{- if eq (dig "source" "none" ($r.model | default dict)) "pvc" }}
 {{- $_ := required (printf "roles %q: model.claimName is required when model.source is pvc" $name) $r.model.claimName }}
@@ -196,6 +201,9 @@ through toJson, whose escapes are valid in TOML basic strings. */}}
 name = {{ .name | toJson }}
 {{- with .scoreRole }}
 role = {{ . | toJson }}
+{{- end }}
+{{- if eq .kind "critic" }}
+objective = {{ .objective | toJson }}
 {{- end }}
 {{- if .default }}
 default = true
