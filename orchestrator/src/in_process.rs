@@ -243,7 +243,7 @@ impl ScorerRole for EngineScorer {
                 let inputs = responses
                     .by_ref()
                     .take(range.len())
-                    .map(|response| ScoreInput { prompt: prompt.to_string(), response, token_scores: false, truncate: false })
+                    .map(|response| ScoreInput { prompt: prompt.to_string(), response, token_scores: false, truncate: true })
                     .collect();
                 self.batcher.score(inputs, None)
             })

@@ -454,7 +454,8 @@ impl ScorerRole for MeshScorer {
                     prompt: prompt.to_string(),
                     response: responses[i].clone(),
                     return_token_scores: false,
-                    truncate: false,
+                    // A response longer than the model reads is scored on its end rather than failing the search.
+                    truncate: true,
                 })
                 .collect();
             let deadline = self.deadline;
