@@ -20,7 +20,7 @@ use ig_core::critic::CriticObjective;
 use ig_models::critic::CriticMeta;
 use ig_orchestrator::search::{self, Roles};
 use futures::StreamExt;
-use ig_training::critic::{split_by_group, train_critic, CriticSample, CriticTrainOptions};
+use ig_training::critic::{split_by_group, train_critic, CriticSample, CriticTrainOptions, TrainedCritic};
 use ig_training::datasets::CriticPrompt;
 use ig_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -219,6 +219,12 @@ async fn mesh_roles(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Resu
     })
 }
 
+/// A stable id of a prompt (FNV-1a of its text): it seeds the prompt's draws
+/// and groups its rollouts for the train/validation split.
+fn prompt_id(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// Rolls out every training prompt not yet in `<out>/rollouts.jsonl`.
 async fn collect(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Result<(RolloutHeader, Vec<PromptRollouts>)> {
     let mesh = mesh_roles(registry, args).await?;
@@ -256,10 +262,11 @@ async fn collect(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Result<
     let bar = ProgressBar::new(prompts.len() as u64).with_style(ProgressStyle::with_template(
         "rollouts {bar:30} {pos}/{len} prompts  {msg}  {elapsed} (eta {eta})",
     )?);
-    bar.set_position(done.len() as u64);
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&rollouts_path)?;
+    // A prompt is known by its text: a rerun with more prompts keeps what is done.
     let todo: Vec<(u64, &CriticPrompt)> =
-        prompts.iter().enumerate().map(|(id, p)| (id as u64, p)).filter(|(id, _)| !done.iter().any(|d| d.prompt_id == *id)).collect();
+        prompts.iter().filter(|p| !done.iter().any(|d| d.prompt == p.text)).map(|p| (prompt_id(&p.text), p)).collect();
+    bar.set_position((prompts.len() - todo.len()) as u64);
     // Several prompts at once: their rows share the policy's forward passes.
     let mut running = futures::stream::iter(todo)
         .map(|(id, p)| {
@@ -293,25 +300,31 @@ async fn collect(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Result<
     Ok((mesh.header, done))
 }
 
-pub async fn run(args: TrainCriticArgs, log_format: ig_serve::telemetry::LogFormat) -> anyhow::Result<()> {
-    let _telemetry = quiet_telemetry(log_format)?;
+/// The rollouts of `<out>`, completed through the mesh of `--registry`, or
+/// of a loopback mesh started for the purpose.
+async fn rollouts(args: &TrainCriticArgs) -> anyhow::Result<(RolloutHeader, Vec<PromptRollouts>)> {
     if args.samples == 0 || args.chunk_tokens == 0 || args.max_new_tokens == 0 || args.prompts == 0 {
         bail!("--prompts, --samples, --chunk-tokens and --max-new-tokens must be at least 1");
     }
-    let (header, rollouts) = match &args.registry {
-        Some(path) => collect(&*Registry::load(path)?, &args).await?,
+    match &args.registry {
+        Some(path) => collect(&*Registry::load(path)?, args).await,
         None => {
             ensure_demo_assets(&args.policy)?;
             let mesh = Mesh::start(args.policy.clone(), &args.scorers, Addresses::any_loopback()).await?;
             let collected = async {
                 mesh.wait_ready().await?;
-                collect(&*Registry::load(mesh.registry())?, &args).await
+                collect(&*Registry::load(mesh.registry())?, args).await
             }
             .await;
             mesh.stop().await?;
-            collected?
+            collected
         }
-    };
+    }
+}
+
+pub async fn run(args: TrainCriticArgs, log_format: ig_serve::telemetry::LogFormat) -> anyhow::Result<()> {
+    let _telemetry = quiet_telemetry(log_format)?;
+    let (header, rollouts) = rollouts(&args).await?;
     let points: usize = rollouts.iter().flat_map(|p| &p.rollouts).map(|r| r.points.len()).sum();
     println!("{} prompts, {points} training points in {}", rollouts.len(), args.out.join("rollouts.jsonl").display());
     if args.no_train {
@@ -353,7 +366,8 @@ fn samples(args: &TrainCriticArgs, objective: CriticObjective, prompts: &[Prompt
     out
 }
 
-fn train_one(args: &TrainCriticArgs, header: &RolloutHeader, prompts: &[PromptRollouts], objective: CriticObjective) -> anyhow::Result<()> {
+/// Trains, saves and plots the critic of `objective`; returns it with its losses.
+fn train_one(args: &TrainCriticArgs, header: &RolloutHeader, prompts: &[PromptRollouts], objective: CriticObjective) -> anyhow::Result<TrainedCritic> {
     let opts = CriticTrainOptions {
         hidden_width: args.hidden_width,
         learning_rate: args.learning_rate,
@@ -401,5 +415,63 @@ fn train_one(args: &TrainCriticArgs, header: &RolloutHeader, prompts: &[PromptRo
         weights.display(),
         svg.display()
     );
-    Ok(())
+    Ok(trained)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: TrainCriticArgs,
+    }
+
+    fn args(out: &Path, prompts: usize) -> TrainCriticArgs {
+        let (out, prompts) = (out.to_string_lossy().into_owned(), prompts.to_string());
+        let flags = [
+            "train-critic", "--out", &out, "--prompts", &prompts, "--samples", "4", "--max-new-tokens", "24", "--chunk-tokens", "8",
+            "--no-critics", "--objectives", "augmented", "--epochs", "40", "--learning-rate", "1e-3", "--seed", "3",
+        ];
+        Wrap::parse_from(flags).args
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_rollouts_resume_and_train_a_critic_that_beats_the_mean() {
+        let dir = tempfile::tempdir().unwrap();
+        let (header, first) = rollouts(&args(dir.path(), 8)).await.unwrap();
+        assert_eq!(first.len(), 8);
+        assert!(first.iter().all(|p| p.rollouts.len() == 4 && p.rollouts.iter().all(|r| r.points.len() <= 3)));
+        // A crash mid-write leaves a torn line; the rerun drops it, keeps what was done and draws only the new prompts.
+        let file = dir.path().join("rollouts.jsonl");
+        std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(b"{\"prompt_id\": 1, \"prom").unwrap();
+        let (again, all) = rollouts(&args(dir.path(), 16)).await.unwrap();
+        assert_eq!(again, header);
+        assert_eq!(all.len(), 16);
+        let lines = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(lines.lines().count(), 16, "each prompt once, the torn line gone");
+        for p in &first {
+            let kept = all.iter().find(|q| q.prompt == p.prompt).expect("a done prompt is kept");
+            for (k, r) in kept.rollouts.iter().zip(&p.rollouts) {
+                assert_eq!((k.prompt_id, k.sample, &k.text, k.reward, k.cost), (r.prompt_id, r.sample, &r.text, r.reward, r.cost));
+                for (a, b) in k.points.iter().zip(&r.points) {
+                    assert_eq!((a.tokens, a.z), (b.tokens, b.z));
+                    assert!(a.latent == b.latent, "latent differs at {} tokens", a.tokens);
+                }
+            }
+            assert_eq!(kept.rollouts.len(), p.rollouts.len());
+        }
+        // Other rollout settings in the same directory are refused.
+        let mut other = args(dir.path(), 16);
+        other.samples = 5;
+        assert!(rollouts(&other).await.unwrap_err().to_string().contains("other settings"));
+        // Real rollouts: the critic predicts held-out prompts' returns better than their mean does.
+        let trained = train_one(&args(dir.path(), 16), &header, &all, CriticObjective::Augmented).unwrap();
+        let (val, mean) = (trained.history.last().unwrap().val_mse.unwrap(), trained.mean_predictor_val_mse.unwrap());
+        assert!(val < mean, "validation MSE {val} should beat the mean predictor's {mean}");
+        assert!(dir.path().join("critic-augmented.safetensors").exists() && dir.path().join("critic-augmented.loss.svg").exists());
+    }
 }
