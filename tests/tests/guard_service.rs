@@ -157,7 +157,7 @@ async fn a_registry_edit_switches_the_default_cost_model_while_a_request_complet
 async fn a_dead_replica_is_skipped_and_a_dead_role_is_unavailable_naming_it() {
     let roles = shared_roles();
     let dead = dead_endpoint().await;
-    let g = GuardUnderTest::start(&registry_toml(roles, &["minilm-cost"], &[dead.clone()])).await;
+    let g = GuardUnderTest::start(&registry_toml(roles, &["minilm-cost"], std::slice::from_ref(&dead))).await;
     let mut client = g.client.clone();
     for seed in 0..3 {
         let r = client.generate(small(pb::Method::BonAugmented, seed)).await;

@@ -42,7 +42,7 @@ impl SyntheticPolicy {
 
     fn draw(&self, seed: u64, child: usize, pos: usize, biases: &[(i32, f32)]) -> i32 {
         let h = mix(&[seed, child as u64, pos as u64]);
-        if self.stop_every > 0 && h % self.stop_every == 0 {
+        if self.stop_every > 0 && h.is_multiple_of(self.stop_every) {
             return 0;
         }
         let biased = |t: i32| biases.iter().any(|&(id, b)| id == t && b < 0.0);

@@ -304,7 +304,7 @@ impl LlamaPolicy {
         }
         Ok(LlamaExtend {
             stop: self.info.eos_token_ids.iter().chain(&req.stop_token_ids).copied().collect(),
-            sampling: req.sampling.clone(),
+            sampling: req.sampling,
             chunk_tokens: req.chunk_tokens,
             max_sequence_tokens: req.max_sequence_tokens,
             with_latents: req.with_latents,

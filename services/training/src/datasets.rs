@@ -471,6 +471,21 @@ mod tests {
     }
 
     #[test]
+    fn critic_prompts_are_distinct_requests_half_benign() {
+        let d = sample();
+        // "Tell a joke" and "Explain tides" are benign (paired with each other's answers); two are harmful.
+        let all = critic_prompts(&d.pyrit, 10, 3);
+        assert_eq!(all.len(), 4, "every distinct refusal-file request, once");
+        let harmful: Vec<&str> = all.iter().filter(|p| p.harmful).map(|p| p.text.as_str()).collect();
+        assert_eq!(harmful.len(), 2);
+        assert!(harmful.iter().all(|t| t.contains("armful ask")));
+        let two = critic_prompts(&d.pyrit, 2, 3);
+        assert_eq!(two.iter().filter(|p| p.harmful).count(), 1, "half harmful, half benign");
+        assert!(two.iter().all(|p| all.contains(p)), "a smaller set is a subset of a larger one");
+        assert_eq!(critic_prompts(&d.pyrit, 2, 3), two, "seeded");
+    }
+
+    #[test]
     fn benign_prompts_found_structurally() {
         let d = sample();
         let b = pyrit_benign_prompts(&d.pyrit);
