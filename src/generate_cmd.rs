@@ -148,8 +148,9 @@ pub fn print_result(r: &pb::GenerationResult) {
         r.resample_round_count,
         r.generated_token_count
     );
+    let critic = if t.critic_ns > 0 { format!(", critic {:.1}s", s(t.critic_ns)) } else { String::new() };
     println!(
-        "time {:.1}s (policy {:.1}s, cost {:.1}s, reward {:.1}s)",
+        "time {:.1}s (policy {:.1}s, cost {:.1}s, reward {:.1}s{critic})",
         s(t.total_ns),
         s(t.policy_ns),
         s(t.cost_ns),
