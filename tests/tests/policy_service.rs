@@ -147,6 +147,28 @@ async fn extends_several_prefixes_with_several_children_reproducibly() {
 }
 
 #[tokio::test]
+async fn a_stop_token_ends_its_row_while_the_rest_of_the_batch_goes_on() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let eos = s.client.info().await.unwrap().eos_token_ids[0];
+    let a = prompt_ids(&s, CHAT).await;
+    // One prefix is pushed onto the stop token at its first step, the other kept off it.
+    let mut req = extend_req(vec![(a.clone(), 2), (a.clone(), 2)], 6, 9);
+    req.prefixes[0].logit_biases = vec![pb::LogitBias { token_id: eos, bias: 100.0 }];
+    req.prefixes[1].logit_biases = vec![pb::LogitBias { token_id: eos, bias: -100.0 }];
+    let (cands, _) = collect(&s, req).await.unwrap();
+    assert_eq!(cands.len(), 4);
+    for c in &cands {
+        let finish = pb::FinishReason::try_from(c.finish_reason).unwrap();
+        if c.prefix_index == 0 {
+            assert_eq!((c.token_ids.clone(), finish), (vec![eos], pb::FinishReason::Stop));
+        } else {
+            assert_eq!((c.token_ids.len(), finish), (6, pb::FinishReason::Chunk), "{:?}", c.token_ids);
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn top_k_is_sorted_with_logprobs_texts_and_latents() {
     let s = PolicyUnderTest::ready(&[]).await;
     let a = prompt_ids(&s, CHAT).await;

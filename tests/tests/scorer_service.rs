@@ -163,6 +163,15 @@ async fn oversized_text_or_batch_is_invalid_argument_naming_the_limit() {
     assert!(err.message().starts_with("items[0].prompt: ") && err.message().contains("max_prompt_bytes"), "{}", err.message());
     let err = client.score(pb::ScoreRequest { items: vec![] }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // A response over the model's token limit fails naming the item and max_tokens, unless the item asks for truncation.
+    let long = LONG.repeat(30);
+    let err = client.score(pb::ScoreRequest { items: vec![item(0, "p", &long)] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("items[0]") && err.message().contains("max_tokens"), "{}", err.message());
+    let mut cut = item(0, "p", &long);
+    cut.truncate = true;
+    let scored = client.score(pb::ScoreRequest { items: vec![cut] }).await.unwrap().into_inner();
+    assert!(scored.results[0].truncated_token_count > 0 && scored.results[0].score.is_finite());
     let mut t = item(1, "p", "r");
     t.return_token_scores = true;
     let err = client.score(pb::ScoreRequest { items: vec![t] }).await.unwrap_err();

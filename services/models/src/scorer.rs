@@ -609,7 +609,7 @@ fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
 fn too_long(i: usize, what: &str, count: usize, limit: usize) -> RoleError {
     RoleError::invalid(
         format!("items[{i}]"),
-        format!("{what} is {count} tokens, over the limit of {limit} tokens; set truncate to cut it"),
+        format!("{what} is {count} tokens, over the limit of {limit} tokens (max_tokens); set truncate to cut it"),
     )
 }
 
@@ -617,7 +617,7 @@ fn cannot_fit(i: usize, what: &str, count: usize, limit: usize) -> RoleError {
     RoleError::invalid(
         format!("items[{i}]"),
         format!(
-            "{what} is {count} tokens and does not fit the limit of {limit} tokens even with the prompt \
+            "{what} is {count} tokens and does not fit the limit of {limit} tokens (max_tokens) even with the prompt \
              and response truncated (the template's markup and special tokens are kept)"
         ),
     )
