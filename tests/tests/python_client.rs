@@ -46,7 +46,7 @@ async fn python_grpcio_client_calls_generate_and_reads_stream_events() {
     let roles = common::shared_roles();
     let g = common::GuardUnderTest::start(&common::registry_toml(roles, &["minilm-cost"], &[])).await;
     let summary = run_python("guard_client.py", &["--target", &g.addr.to_string()]).await;
-    assert_eq!(summary["methods"], 9);
+    assert_eq!(summary["methods"], 12);
     assert_eq!(summary["unary"]["method"], "METHOD_INFERENCE_GUARD");
     let steps = summary["stream_steps"].as_array().unwrap();
     assert_eq!(steps.len() as u64, summary["stream_result"]["step_count"].as_u64().unwrap());
