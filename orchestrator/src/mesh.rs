@@ -438,15 +438,8 @@ impl MeshScorer {
 #[async_trait]
 impl ScorerRole for MeshScorer {
     async fn score(&self, prompt: &str, responses: Vec<String>) -> Result<Vec<f64>, RoleError> {
-        let n = responses.len();
-        // Spread over the ready replicas, and never more than max_items per call.
-        let ready = self.entry.ready_count().max(1);
-        let parts = spread(n, ready.max(n.div_ceil(self.max_items)));
-        let replicas = self.entry.replicas_to_try();
-        let calls = parts.into_iter().enumerate().map(|(k, range)| {
-            let mut order = replicas.clone();
-            let turn = k % order.len().max(1);
-            order.rotate_left(turn);
+        let deadline = self.deadline;
+        in_parts(&self.entry, responses.len(), self.max_items, |range, r| {
             let items: Vec<pb::ScoreItem> = range
                 .clone()
                 .map(|i| pb::ScoreItem {
@@ -458,29 +451,22 @@ impl ScorerRole for MeshScorer {
                     truncate: true,
                 })
                 .collect();
-            let deadline = self.deadline;
-            let entry = &self.entry;
             async move {
-                with_failover(entry, order, |r| {
-                    let req = pb::ScoreRequest { items: items.clone() };
-                    async move { Ok(ScorerServiceClient::new(r.channel.clone()).score(timed(req, deadline)).await?.into_inner()) }
-                })
-                .await
-            }
-        });
-        let answers = futures::future::try_join_all(calls).await?;
-        let mut scores = vec![f64::NAN; n];
-        for a in answers {
-            for s in a.results {
-                if let Some(slot) = scores.get_mut(s.item_id as usize) {
-                    *slot = s.score as f64;
+                let results = ScorerServiceClient::new(r.channel.clone()).score(timed(pb::ScoreRequest { items }, deadline)).await?.into_inner().results;
+                // Results carry their item's id: place each by it.
+                let mut scores = vec![f64::NAN; range.len()];
+                for s in results {
+                    if let Some(slot) = (s.item_id as usize).checked_sub(range.start).and_then(|k| scores.get_mut(k)) {
+                        *slot = s.score as f64;
+                    }
                 }
+                if scores.iter().any(|s| s.is_nan()) {
+                    return Err(Status::internal("the scorer left items unscored"));
+                }
+                Ok(scores)
             }
-        }
-        if scores.iter().any(|s| s.is_nan()) {
-            return Err(RoleError::Internal(format!("{} model {:?} left items unscored", self.entry.role.as_str(), self.entry.name)));
-        }
-        Ok(scores)
+        })
+        .await
     }
 }
 
