@@ -7,14 +7,18 @@
 //! - `extend`: draw children of a prompt from a running policy, one chunk.
 //! - `demo`: fetch the assets, start the mesh, answer a harmful and a benign
 //!   prompt with `base` and `inference_guard` side by side, stop.
+//! - `eval [prompts|report]`: every method over a prompt set, the paper's
+//!   Table 2 and Figures 2-3 (`docs/evaluation.md`).
 //! - `bench policy|scorer|search|soak|plot|all`: the benchmark suite (policy
 //!   and scorer throughput, search time per prompt through the mesh and
 //!   in-process, memory over a soak, charts; `all` runs every one).
 
 mod assets_cmd;
 mod bench;
+mod eval;
 mod extend_cmd;
 mod generate_cmd;
+mod jsonl;
 mod score_cmd;
 mod train_critic;
 mod train_head;
@@ -65,6 +69,9 @@ enum Command {
     TrainHead(train_head::TrainHeadArgs),
     /// Roll the policy out through the mesh on training prompts and train critics on its latents (docs/models.md).
     TrainCritic(train_critic::TrainCriticArgs),
+    /// Evaluate every method over a prompt set through the mesh (the paper's Table 2 and Figures 2-3); `eval prompts` draws a prompt set, `eval report` redraws a report (docs/evaluation.md).
+    #[command(args_conflicts_with_subcommands = true)]
+    Eval(eval::EvalCommand),
     /// The benchmark suite: policy and scorer throughput, search time per prompt (mesh and in-process), memory over a soak, charts; `bench all --out DIR` runs every one.
     Bench {
         #[command(subcommand)]
@@ -135,6 +142,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Extend(args) => extend_cmd::run(args).await,
         Command::Generate(args) => generate_cmd::run(args).await,
         Command::Demo(args) => up::demo(args, cli.log_format).await,
+        Command::Eval(cmd) => {
+            let _telemetry = up::quiet_telemetry(cli.log_format)?;
+            eval::run(cmd).await
+        }
         Command::Bench { target } => bench::run(target, cli.log_format).await,
         Command::TrainHead(args) => train_head::run(args),
         Command::TrainCritic(args) => train_critic::run(args, cli.log_format).await,

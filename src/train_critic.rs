@@ -6,8 +6,7 @@
 //! written as soon as the prompt is done: an interrupted run resumes where
 //! it stopped, and a later run with other training flags reuses them.
 
-use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,31 +132,6 @@ pub struct PromptRollouts {
     pub rollouts: Vec<Rollout>,
 }
 
-/// Reads the finished prompts of a rollout file; a torn last line (a crash
-/// mid-write) is dropped from the file.
-fn read_rollouts(path: &Path) -> anyhow::Result<Vec<PromptRollouts>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let (mut done, mut good_bytes, mut torn) = (Vec::new(), 0u64, false);
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line?;
-        match serde_json::from_str::<PromptRollouts>(&line) {
-            Ok(p) if !torn => {
-                good_bytes += line.len() as u64 + 1;
-                done.push(p);
-            }
-            _ => torn = true,
-        }
-    }
-    if torn {
-        tracing::warn!(path = %path.display(), kept = done.len(), "dropping a torn line at the end of the rollout file");
-        std::fs::OpenOptions::new().write(true).open(path)?.set_len(good_bytes)?;
-    }
-    Ok(done)
-}
-
 /// The roles of one registry: policy, cost and reward models by name.
 struct MeshRoles {
     policy: Arc<MeshPolicy>,
@@ -221,7 +195,7 @@ async fn mesh_roles(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Resu
 
 /// A stable id of a prompt (FNV-1a of its text): it seeds the prompt's draws
 /// and groups its rollouts for the train/validation split.
-fn prompt_id(text: &str) -> u64 {
+pub(crate) fn prompt_id(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
@@ -244,7 +218,7 @@ async fn collect(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Result<
     } else {
         std::fs::write(&header_path, serde_json::to_vec_pretty(&mesh.header)?)?;
     }
-    let mut done = read_rollouts(&rollouts_path)?;
+    let mut done: Vec<PromptRollouts> = crate::jsonl::read_resumable(&rollouts_path)?;
     let data = ig_training::data::AllData::load()?;
     let prompts = ig_training::datasets::critic_prompts(&data.pyrit, args.prompts, args.seed);
     if prompts.len() < args.prompts {
@@ -262,7 +236,7 @@ async fn collect(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Result<
     let bar = ProgressBar::new(prompts.len() as u64).with_style(ProgressStyle::with_template(
         "rollouts {bar:30} {pos}/{len} prompts  {msg}  {elapsed} (eta {eta})",
     )?);
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&rollouts_path)?;
+    let mut file = crate::jsonl::open_append(&rollouts_path)?;
     // A prompt is known by its text: a rerun with more prompts keeps what is done.
     let todo: Vec<(u64, &CriticPrompt)> =
         prompts.iter().filter(|p| !done.iter().any(|d| d.prompt == p.text)).map(|p| (prompt_id(&p.text), p)).collect();
@@ -288,8 +262,7 @@ async fn collect(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Result<
     while let Some(line) = running.next().await {
         let line = line?;
         let safe = line.rollouts.iter().filter(|r| r.cost <= args.safety_budget).count();
-        writeln!(file, "{}", serde_json::to_string(&line)?)?;
-        file.flush()?;
+        crate::jsonl::append(&mut file, &line)?;
         bar.set_message(format!("last: {safe}/{} safe", line.rollouts.len()));
         done.push(line);
         bar.inc(1);
@@ -420,6 +393,9 @@ fn train_one(args: &TrainCriticArgs, header: &RolloutHeader, prompts: &[PromptRo
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::path::Path;
+
     use clap::Parser;
 
     use super::*;
