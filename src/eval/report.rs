@@ -125,8 +125,26 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The records of the prompts every method answered, and how many prompts
+/// were left out (a run cut short): methods are compared on the same prompts.
+pub fn complete_prompts(records: &[EvalRecord]) -> (Vec<EvalRecord>, usize) {
+    let methods = methods(records);
+    let mut per_prompt: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for r in records {
+        per_prompt.entry(r.prompt_id).or_default().push(&r.method);
+    }
+    let complete: Vec<u64> = per_prompt.iter().filter(|(_, m)| methods.iter().all(|x| m.contains(&x.name()))).map(|(id, _)| *id).collect();
+    let kept: Vec<EvalRecord> = records.iter().filter(|r| complete.binary_search(&r.prompt_id).is_ok()).cloned().collect();
+    (kept, per_prompt.len() - complete.len())
+}
+
 /// Writes the report of `records` into `out`; the files written.
 pub fn write(out: &Path, records: &[EvalRecord]) -> anyhow::Result<Vec<PathBuf>> {
+    let (records, partial) = complete_prompts(records);
+    let records = &records[..];
+    if partial > 0 {
+        eprintln!("report: {partial} prompt(s) not answered by every method are left out");
+    }
     let rows = rows(records);
     let mut written = Vec::new();
     let mut put = |name: &str, text: String| -> anyhow::Result<()> {
@@ -135,7 +153,7 @@ pub fn write(out: &Path, records: &[EvalRecord]) -> anyhow::Result<Vec<PathBuf>>
         written.push(path);
         Ok(())
     };
-    put("results.md", markdown(records, &rows))?;
+    put("results.md", markdown(records, &rows, partial))?;
     put("results.csv", csv(&rows))?;
     put("summary.json", serde_json::to_string_pretty(&summary_json(records, &rows))?)?;
     written.extend(plots(out, records, &rows)?);
@@ -204,8 +222,11 @@ fn csv(rows: &[Row]) -> String {
     out
 }
 
-fn markdown(records: &[EvalRecord], rows: &[Row]) -> String {
+fn markdown(records: &[EvalRecord], rows: &[Row], partial: usize) -> String {
     let mut md = String::from("# Evaluation results\n\n");
+    if partial > 0 {
+        let _ = writeln!(md, "**{partial} prompt(s) not answered by every method are left out** (the run was cut short).\n");
+    }
     md += "Written by `inferenceguard eval` from `results.jsonl`. Reward: mean ± sample std. Safety rate: `C ≤ B` of the final \
            response. Anytime safety: `C(x, y≤t) ≤ B` at every prefix read (every `--audit-every` tokens and at the end). \
            Time: wall time per prompt as the client saw it (mean and p95). Tokens: the response's, and all the policy generated.\n";
@@ -349,13 +370,19 @@ mod tests {
         assert_eq!((ig_all.count, ig_all.safety_rate, ig_all.anytime_safety_rate, ig_all.reward_mean), (2, 1.0, 0.5, 2.0));
         let base_harmful = &rows[2].summary;
         assert_eq!((base_harmful.safety_rate, base_harmful.reward_mean), (0.0, 2.0));
+        // A prompt only one method answered (a run cut short) is left out of the comparison.
+        let mut with_partial = records.clone();
+        with_partial.push(record(3, PromptKind::Harmful, Method::Base, 9.0, 9.0, 9.0));
+        let (kept, partial) = complete_prompts(&with_partial);
+        assert_eq!((kept, partial), (records.clone(), 1));
         let dir = tempfile::tempdir().unwrap();
-        let written = write(dir.path(), &records).unwrap();
+        let written = write(dir.path(), &with_partial).unwrap();
         assert_eq!(written.len(), 3 + 8);
         let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
         assert!(md.contains("| InferenceGuard | 2.000 ± 1.414 | -1.500 | 100.0% | 50.0% |"), "{md}");
         assert!(md.contains("## Harmful prompts (1 per method)"));
         assert!(!md.contains("a response"), "responses stay out of the report");
+        assert!(md.contains("1 prompt(s) not answered by every method are left out"));
         let csv = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
         assert_eq!(csv.lines().count(), 1 + 6);
         assert!(csv.lines().nth(1).unwrap().starts_with("all,base,2,3,"));
