@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::kv_cache::KvCache;
@@ -123,6 +123,21 @@ pub struct ForwardOutput {
 #[derive(Debug, Clone)]
 struct Linear(QMatMul);
 
+/// `w` quantized to Q8_0 on its own device. On CUDA, candle 0.11's
+/// `QTensor::quantize` leaves the row padding that its matmul kernels read
+/// uninitialised (NaN logits, seen on an H100): quantize on the CPU and upload
+/// through `QStorage::from_data`, which zeroes the padding like a GGUF load.
+fn quantize_q8_0(w: &Tensor) -> Result<QTensor> {
+    let device = w.device();
+    let w = w.to_dtype(DType::F32)?;
+    if !device.is_cuda() {
+        return Ok(QTensor::quantize(&w, GgmlDType::Q8_0)?);
+    }
+    let q = QTensor::quantize(&w.to_device(&Device::Cpu)?, GgmlDType::Q8_0)?;
+    let storage = QStorage::from_data(q.data()?, device, GgmlDType::Q8_0)?;
+    Ok(QTensor::new(storage, q.shape().clone())?)
+}
+
 impl Linear {
     fn from_qtensor(q: QTensor, dtype: WeightDtype, act: DType, device: &Device) -> Result<Self> {
         let inner = match (dtype, q.dtype()) {
@@ -131,10 +146,7 @@ impl Linear {
             }
             (WeightDtype::Native, _) => QMatMul::QTensor(std::sync::Arc::new(q)),
             (WeightDtype::Q8_0, GgmlDType::Q8_0) => QMatMul::QTensor(std::sync::Arc::new(q)),
-            (WeightDtype::Q8_0, _) => {
-                let dense = q.dequantize(device)?;
-                QMatMul::QTensor(std::sync::Arc::new(QTensor::quantize(&dense, GgmlDType::Q8_0)?))
-            }
+            (WeightDtype::Q8_0, _) => QMatMul::QTensor(std::sync::Arc::new(quantize_q8_0(&q.dequantize(device)?)?)),
             (WeightDtype::F32 | WeightDtype::F16 | WeightDtype::BF16, _) => {
                 QMatMul::Tensor(q.dequantize(device)?.to_dtype(act)?)
             }
@@ -144,10 +156,7 @@ impl Linear {
 
     fn from_dense(w: Tensor, dtype: WeightDtype, act: DType) -> Result<Self> {
         let inner = match dtype {
-            WeightDtype::Q8_0 => {
-                let w = w.to_dtype(DType::F32)?;
-                QMatMul::QTensor(std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0)?))
-            }
+            WeightDtype::Q8_0 => QMatMul::QTensor(std::sync::Arc::new(quantize_q8_0(&w)?)),
             _ => QMatMul::Tensor(w.to_dtype(act)?),
         };
         Ok(Self(inner))

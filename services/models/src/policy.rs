@@ -631,5 +631,12 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             "device {spec:?}: this binary was built without CUDA; rebuild with `--features cuda` or use cpu"
         )));
     }
-    Ok(Device::new_cuda(ordinal)?)
+    // candle's driver errors carry a backtrace: keep the first line, and say what to do.
+    Device::new_cuda(ordinal).map_err(|e| {
+        let first = e.to_string();
+        let first = first.lines().next().unwrap_or_default().trim();
+        ModelError::Unsupported(format!(
+            "device {spec:?}: no usable CUDA device ({first}); check the driver with nvidia-smi, or use cpu"
+        ))
+    })
 }
