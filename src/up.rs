@@ -194,6 +194,24 @@ pub(crate) struct Mesh {
     _registry_dir: tempfile::TempDir,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// The first role server that stopped with an error (e.g. a model that fails its warm-up).
+    failed: watch::Receiver<Option<String>>,
+}
+
+/// Runs a role server, reporting its error on `failed` so that waiting for the mesh stops.
+fn watched(
+    role: &'static str,
+    failed: &watch::Sender<Option<String>>,
+    server: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> JoinHandle<anyhow::Result<()>> {
+    let failed = failed.clone();
+    tokio::spawn(async move {
+        let result = server.await;
+        if let Err(e) = &result {
+            failed.send_if_modified(|f| f.is_none() && f.replace(format!("the {role} server stopped: {e:#}")).is_none());
+        }
+        result
+    })
 }
 
 /// Where each role listens.
@@ -263,6 +281,7 @@ impl Mesh {
     /// Starts every role and the orchestrator; returns once they listen (see [`Mesh::wait_ready`]).
     pub(crate) async fn start(policy: ig_policy::PolicyArgs, scorers: &MeshModels, at: Addresses) -> anyhow::Result<Self> {
         let (stop, stopped) = watch::channel(false);
+        let (failed_tx, failed) = watch::channel(None);
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
@@ -278,7 +297,7 @@ impl Mesh {
             let args = ig_critic::CriticArgs::with_model(&path, addr);
             let engine = ig_critic::start_engine(&args)?;
             let shutdown = signal(stopped.clone());
-            critic_tasks.push(tokio::spawn(async move { ig_critic::serve(engine, &args, listener, shutdown).await }));
+            critic_tasks.push(watched("critic", &failed_tx, async move { ig_critic::serve(engine, &args, listener, shutdown).await }));
             critics.push(ServedCritic { name: stem(&path), objective, addr });
         }
         let registry_dir = tempfile::Builder::new().prefix("inferenceguard-up-").tempdir()?;
@@ -286,19 +305,19 @@ impl Mesh {
         std::fs::write(&registry, loopback_registry(policy_addr, cost_addr, reward_addr, scorers, &critics))?;
         let guard = ig_orchestrator::OrchestratorArgs::with_registry(&registry, guard_addr);
         let mut tasks = vec![
-            tokio::spawn({
+            watched("policy", &failed_tx, {
                 let (engine, args, shutdown) = (engines.policy.clone(), engines.policy_args.clone(), signal(stopped.clone()));
                 async move { serve_policy(engine, &args, pl, shutdown).await }
             }),
-            tokio::spawn({
+            watched("cost model", &failed_tx, {
                 let (engine, args, shutdown) = (engines.cost.clone(), engines.cost_args.clone(), signal(stopped.clone()));
                 async move { ig_scorer::serve(engine, &args, cl, shutdown).await }
             }),
-            tokio::spawn({
+            watched("reward model", &failed_tx, {
                 let (engine, args, shutdown) = (engines.reward.clone(), engines.reward_args.clone(), signal(stopped.clone()));
                 async move { ig_scorer::serve(engine, &args, rl, shutdown).await }
             }),
-            tokio::spawn(ig_orchestrator::run(guard, gl, signal(stopped))),
+            watched("orchestrator", &failed_tx, ig_orchestrator::run(guard, gl, signal(stopped))),
         ];
         tasks.extend(critic_tasks);
         Ok(Self {
@@ -312,6 +331,7 @@ impl Mesh {
             _registry_dir: registry_dir,
             stop,
             tasks,
+            failed,
         })
     }
 
@@ -330,9 +350,15 @@ impl Mesh {
             let channel = ig_orchestrator::channel::connect_lazy(&endpoint)?;
             ig_orchestrator::channel::wait_serving(&channel, &endpoint, ig_critic::SERVICE_NAME, limit).await
         }));
-        let ready = tokio::try_join!(policy.wait_ready(limit), cost.wait_ready(limit), reward.wait_ready(limit), guard.wait_ready(limit), critics);
+        let ready = async { tokio::try_join!(policy.wait_ready(limit), cost.wait_ready(limit), reward.wait_ready(limit), guard.wait_ready(limit), critics) };
+        // A server that fails while starting (a model that fails its warm-up) ends the wait at once.
+        let mut failed = self.failed.clone();
+        let outcome = tokio::select! {
+            ready = ready => ready.map(|_| ()).map_err(anyhow::Error::from),
+            Ok(why) = failed.wait_for(Option::is_some) => Err(anyhow::anyhow!("{}", why.clone().unwrap_or_default())),
+        };
         bar.finish_and_clear();
-        ready?;
+        outcome?;
         Ok(guard)
     }
 
@@ -472,5 +498,37 @@ fn print_side_by_side(rows: &[(&str, String, &str, ig_proto::v1::GenerationResul
             println!("{:<WIDTH$} | {}", cell(0), cell(1));
         }
         println!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        policy: ig_policy::PolicyArgs,
+        #[command(flatten)]
+        models: MeshModels,
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_role_that_fails_to_load_ends_the_wait_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // A head file that is not a safetensors file: the cost model's thread fails to load it.
+        let broken = dir.path().join("broken-cost.safetensors");
+        std::fs::write(&broken, b"not a model").unwrap();
+        let broken = broken.to_string_lossy().into_owned();
+        let w = Wrap::parse_from(["up", "--cost-model", &broken, "--no-critics"]);
+        let mesh = Mesh::start(w.policy, &w.models, Addresses::any_loopback()).await.unwrap();
+        let started = std::time::Instant::now();
+        let err = mesh.wait_ready().await.unwrap_err().to_string();
+        assert!(err.contains("the cost model server stopped") && err.contains("failed to load"), "{err}");
+        // Not the 600 s limit of the health polling.
+        assert!(started.elapsed() < Duration::from_secs(120), "{:?}", started.elapsed());
+        mesh.stop().await.unwrap_err();
     }
 }

@@ -15,22 +15,11 @@ use super::metrics::{summarize, Summary};
 use super::prompts::PromptKind;
 use super::run::{results_path, EvalRecord};
 
-/// Rows in the order of the paper's Table 2: the base model, then the
-/// baselines, then InferenceGuard.
-const TABLE_ORDER: [Method; 12] = [
-    Method::Base,
-    Method::BonLagrangian,
-    Method::BonAugmented,
-    Method::BeamLagrangian,
-    Method::BeamAugmented,
-    Method::Args,
-    Method::ArgsLagrangian,
-    Method::ArgsCost,
-    Method::Recontrol,
-    Method::RecontrolLagrangian,
-    Method::InferenceGuard,
-    Method::InferenceGuardCritic,
-];
+/// Methods in the order of the paper's Table 2: the base model and the
+/// baselines, then InferenceGuard (which `Method::ALL` lists first).
+fn table_order() -> impl Iterator<Item = Method> {
+    Method::ALL.into_iter().cycle().skip(2).take(Method::ALL.len())
+}
 
 /// The method's name as the paper's tables write it.
 pub fn paper_label(m: Method) -> &'static str {
@@ -91,7 +80,7 @@ pub struct Row {
 
 /// The methods present in `records`, in table order.
 fn methods(records: &[EvalRecord]) -> Vec<Method> {
-    TABLE_ORDER.into_iter().filter(|m| records.iter().any(|r| r.method == m.name())).collect()
+    table_order().filter(|m| records.iter().any(|r| r.method == m.name())).collect()
 }
 
 /// Every (split, method) with results, splits first.
@@ -353,6 +342,9 @@ mod tests {
             record(2, PromptKind::Benign, Method::InferenceGuard, 3.0, -2.0, -2.0),
             record(2, PromptKind::Benign, Method::Base, 4.0, -3.0, -1.0),
         ];
+        assert_eq!(table_order().next(), Some(Method::Base));
+        assert_eq!(table_order().last(), Some(Method::InferenceGuardCritic));
+        assert_eq!(table_order().count(), 12);
         let rows = rows(&records);
         let keys: Vec<(Split, &str)> = rows.iter().map(|r| (r.split, r.method)).collect();
         assert_eq!(
