@@ -260,6 +260,14 @@ async fn evaluate(args: &EvalArgs, prompts: &[EvalPrompt], guard: &GuardClient, 
             );
         }
     }
+    if let Some(found) = done.iter().find(|r| r.seed != prompt_seed(args.seed, r.prompt_id)) {
+        bail!(
+            "--out {}: its results were drawn with another --seed (prompt {} ran with seed {}); use that --seed or another --out",
+            args.out.display(),
+            found.prompt_id,
+            found.seed
+        );
+    }
     let finished: HashSet<(u64, String)> = done.iter().map(|r| (r.prompt_id, r.method.clone())).collect();
     let todo: Vec<(&EvalPrompt, Method, &Settings)> = prompts
         .iter()
@@ -426,6 +434,10 @@ mod tests {
         // A rerun asking other settings is refused: its results would not be comparable.
         let err = evaluate(&eval_args(&set, &out, "5"), &prompts, &guard, registry()).await.unwrap_err().to_string();
         assert!(err.contains("base was run with settings"), "{err}");
+        let mut other_seed = eval_args(&set, &out, "4");
+        other_seed.seed = 1;
+        let err = evaluate(&other_seed, &prompts, &guard, registry()).await.unwrap_err().to_string();
+        assert!(err.contains("another --seed"), "{err}");
         mesh.stop().await.unwrap();
     }
 }
