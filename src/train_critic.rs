@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ig_orchestrator::mesh::{policy_meta, MeshPolicy, MeshScorer};
-use ig_orchestrator::registry::{EntryRole, Registry, RoleInfo};
+use ig_orchestrator::mesh::{policy_meta, scorer_info, MeshPolicy, MeshScorer};
+use ig_orchestrator::registry::{EntryRole, Registry};
 use ig_orchestrator::rollout::{roll_out, Rollout, RolloutParams};
 use ig_core::critic::CriticObjective;
 use ig_models::critic::CriticMeta;
@@ -154,23 +154,12 @@ async fn mesh_roles(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Resu
     let meta = policy_meta(&policy_entry, deadline).await?;
     let info = meta.info.clone();
     let limits = info.limits.unwrap_or_default();
-    let scorer_info = |entry: &Arc<ig_orchestrator::registry::Entry>| {
-        let entry = entry.clone();
-        async move {
-            let replica = entry.replicas_to_try().into_iter().next().context("no replica")?;
-            match ig_orchestrator::registry::fetch_info(entry.role, &replica).await? {
-                RoleInfo::Scorer(i) => Ok::<pb::ScorerInfoResponse, anyhow::Error>(i),
-                _ => bail!("{:?} is not a scorer", entry.name),
-            }
-        }
-    };
-    let (cost_info, reward_info) = tokio::try_join!(scorer_info(&cost_entry), scorer_info(&reward_entry))?;
-    let max_items = |i: &pb::ScorerInfoResponse| i.limits.as_ref().map_or(64, |l| l.max_items.max(1) as usize);
+    let (cost_info, reward_info) = tokio::try_join!(scorer_info(&cost_entry, deadline), scorer_info(&reward_entry, deadline))?;
     let policy = Arc::new(MeshPolicy::new(policy_entry, meta, deadline));
     let roles = Roles::new(
         policy.clone(),
-        Arc::new(MeshScorer::new(cost_entry, max_items(&cost_info), deadline)),
-        Arc::new(MeshScorer::new(reward_entry, max_items(&reward_info), deadline)),
+        Arc::new(MeshScorer::with_info(cost_entry, &cost_info, deadline)),
+        Arc::new(MeshScorer::with_info(reward_entry, &reward_info, deadline)),
     );
     let header = RolloutHeader {
         policy_model_id: info.model_id.clone(),

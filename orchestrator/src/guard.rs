@@ -400,11 +400,10 @@ impl GuardServer {
             scorer_info(&cost_entry, pb::ScorerRole::Cost, "cost_model", &names),
             scorer_info(&reward_entry, pb::ScorerRole::Reward, "reward_model", &names),
         )?;
-        let max_items = |i: &pb::ScorerInfoResponse| i.limits.as_ref().map_or(64, |l| l.max_items.max(1) as usize);
         let mut roles = Roles::new(
             policy.clone(),
-            Arc::new(MeshScorer::new(cost_entry.clone(), max_items(&cost_info), deadline)),
-            Arc::new(MeshScorer::new(reward_entry.clone(), max_items(&reward_info), deadline)),
+            Arc::new(MeshScorer::with_info(cost_entry.clone(), &cost_info, deadline)),
+            Arc::new(MeshScorer::with_info(reward_entry.clone(), &reward_info, deadline)),
         );
         let mut critic_ref = None;
         if let Some((entry, info)) = critic {

@@ -433,6 +433,21 @@ impl MeshScorer {
     pub fn new(entry: Arc<Entry>, max_items: usize, deadline: Instant) -> Self {
         Self { entry, max_items: max_items.max(1), deadline }
     }
+
+    /// The scorer of `entry` as its Info describes it: at most the
+    /// `max_items` it reports per call (64 when it reports no limits).
+    pub fn with_info(entry: Arc<Entry>, info: &pb::ScorerInfoResponse, deadline: Instant) -> Self {
+        Self::new(entry, info.limits.as_ref().map_or(64, |l| l.max_items as usize), deadline)
+    }
+}
+
+/// A scorer entry's Info, from the first replica that answers.
+pub async fn scorer_info(entry: &Entry, deadline: Instant) -> Result<pb::ScorerInfoResponse, RoleError> {
+    with_failover(entry, entry.replicas_to_try(), |r| async move {
+        let mut c = ScorerServiceClient::new(r.channel.clone());
+        Ok(c.info(timed(pb::ScorerInfoRequest {}, deadline)).await?.into_inner())
+    })
+    .await
 }
 
 #[async_trait]

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use futures::StreamExt;
-use ig_orchestrator::mesh::{policy_meta, MeshPolicy, MeshScorer};
-use ig_orchestrator::registry::{EntryRole, Registry, RoleInfo};
+use ig_orchestrator::mesh::{policy_meta, scorer_info, MeshPolicy, MeshScorer};
+use ig_orchestrator::registry::{EntryRole, Registry};
 use ig_orchestrator::search::{Method, ScorerRole};
 use ig_orchestrator::GuardClient;
 use ig_proto::v1 as pb;
@@ -149,12 +149,8 @@ impl Auditor {
             return Ok(s.clone());
         }
         let entry = self.registry.snapshot().resolve(EntryRole::Cost, name).map_err(|e| anyhow::anyhow!("cost model {name:?}: {e}"))?;
-        let replica = entry.replicas_to_try().into_iter().next().with_context(|| format!("cost model {name:?}: no replica"))?;
-        let max_items = match ig_orchestrator::registry::fetch_info(entry.role, &replica).await? {
-            RoleInfo::Scorer(i) => i.limits.map_or(64, |l| l.max_items.max(1) as usize),
-            _ => bail!("cost model {name:?} is not a scorer"),
-        };
-        let s = Arc::new(MeshScorer::new(entry, max_items, self.deadline));
+        let info = scorer_info(&entry, self.deadline).await?;
+        let s = Arc::new(MeshScorer::with_info(entry, &info, self.deadline));
         cache.insert(name.to_string(), s.clone());
         Ok(s)
     }
