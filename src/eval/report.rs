@@ -149,23 +149,33 @@ pub fn write(out: &Path, records: &[EvalRecord]) -> anyhow::Result<Vec<PathBuf>>
     Ok(written)
 }
 
-/// Settings, models and budgets of each method, as run.
-fn run_facts(records: &[EvalRecord]) -> BTreeMap<&str, serde_json::Value> {
+/// How a method was run: its `--set` fields, the models that answered, the budgets.
+#[derive(Debug, Serialize)]
+struct MethodFacts<'a> {
+    settings: &'a super::settings::Settings,
+    /// Model ids per role (more than one if the registry changed during the run).
+    models: BTreeMap<&'a str, Vec<&'a str>>,
+    budgets: Vec<f64>,
+}
+
+/// The facts of each method, by name.
+fn run_facts(records: &[EvalRecord]) -> BTreeMap<&'static str, MethodFacts<'_>> {
     let mut facts = BTreeMap::new();
     for m in methods(records) {
         let mine: Vec<&EvalRecord> = records.iter().filter(|r| r.method == m.name()).collect();
         let mut models: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for r in &mine {
             for (role, id) in &r.models {
-                let ids = models.entry(role).or_default();
+                let ids = models.entry(role.as_str()).or_default();
                 if !ids.contains(&id.as_str()) {
                     ids.push(id);
                 }
             }
         }
         let mut budgets: Vec<f64> = mine.iter().map(|r| r.budget).collect();
+        budgets.sort_by(f64::total_cmp);
         budgets.dedup();
-        facts.insert(m.name(), serde_json::json!({ "settings": mine[0].settings, "models": models, "budgets": budgets }));
+        facts.insert(m.name(), MethodFacts { settings: &mine[0].settings, models, budgets });
     }
     facts
 }
@@ -245,13 +255,10 @@ fn markdown(records: &[EvalRecord], rows: &[Row], partial: usize) -> String {
     }
     md += "\n## Settings\n\n| Method | `--set` fields | Models | Budget B |\n|---|---|---|---|\n";
     for (method, facts) in run_facts(records) {
-        let settings = facts["settings"].as_object().map_or(String::new(), |o| {
-            o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(", ")
-        });
-        let models = facts["models"].as_object().map_or(String::new(), |o| {
-            o.iter().map(|(k, v)| format!("{k}: {}", v.as_array().map_or(String::new(), |a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" / ")))).collect::<Vec<_>>().join("; ")
-        });
-        let _ = writeln!(md, "| {method} | {} | {models} | {} |", if settings.is_empty() { "(defaults)".into() } else { settings }, facts["budgets"]);
+        let settings = facts.settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
+        let models = facts.models.iter().map(|(role, ids)| format!("{role}: {}", ids.join(" / "))).collect::<Vec<_>>().join("; ");
+        let budgets = facts.budgets.iter().map(f64::to_string).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(md, "| {method} | {} | {models} | {budgets} |", if settings.is_empty() { "(defaults)".into() } else { settings });
     }
     md += "\nPlots: `fig2-reward-vs-safety`, `fig2-time-vs-safety`, `fig3-reward`, `fig3-max-cost` (`.svg` and `.png`), all prompts.\n";
     md
