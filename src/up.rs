@@ -23,6 +23,9 @@ use crate::generate_cmd::{generate_with_progress, SearchArgs};
 
 /// The demo cost model the mesh serves by default.
 pub(crate) const DEFAULT_COST_MODEL: &str = "models/heads/cost-minilm-l6.safetensors";
+/// The cost model the mesh serves beside the default one by default: the
+/// first demo head, kept as a judge and for requests that name it.
+pub(crate) const DEFAULT_EXTRA_COST_MODEL: &str = "models/heads/cost-minilm-l6.safetensors";
 /// The demo reward model the mesh serves by default.
 pub(crate) const DEFAULT_REWARD_MODEL: &str = "models/heads/reward-minilm-l6.safetensors";
 
@@ -35,6 +38,12 @@ pub struct MeshModels {
     /// The cost model (a head file or checkpoint directory).
     #[arg(long, default_value = DEFAULT_COST_MODEL)]
     pub cost_model: PathBuf,
+    /// Another cost model to serve, not the default: registered under its file stem, for requests that name it (cost_model = "<stem>") and as an eval --judge. Repeat the flag or comma-separate; an empty value serves none; one equal to --cost-model is skipped.
+    #[arg(long = "extra-cost-model", value_name = "PATH", env = "IG_EXTRA_COST_MODELS", value_delimiter = ',', default_value = DEFAULT_EXTRA_COST_MODEL, value_parser = path_or_empty)]
+    pub extra_cost_models: Vec<PathBuf>,
+    /// Serve no extra cost model (wins over --extra-cost-model).
+    #[arg(long)]
+    pub no_extra_cost_models: bool,
     /// The reward model (a head file or checkpoint directory).
     #[arg(long, default_value = DEFAULT_REWARD_MODEL)]
     pub reward_model: PathBuf,
@@ -46,7 +55,37 @@ pub struct MeshModels {
     pub no_critics: bool,
 }
 
+/// A path, or nothing (an empty value asks for no extra cost model).
+fn path_or_empty(value: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(value.trim()))
+}
+
 impl MeshModels {
+    /// The extra cost models to serve, each with its registry name (its file
+    /// stem): not the cost model itself, each once. Errors name the flag.
+    fn extra_cost_models(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        if self.no_extra_cost_models {
+            return Ok(Vec::new());
+        }
+        // The same file under two spellings is one model.
+        let same = |a: &std::path::Path, b: &std::path::Path| a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+        let mut extras: Vec<(String, PathBuf)> = Vec::new();
+        for path in self.extra_cost_models.iter().filter(|p| !p.as_os_str().is_empty()) {
+            if same(path, &self.cost_model) || extras.iter().any(|(_, p)| same(p, path)) {
+                continue;
+            }
+            let name = stem(path);
+            if name == stem(&self.cost_model) || extras.iter().any(|(n, _)| *n == name) {
+                anyhow::bail!(
+                    "--extra-cost-model {}: another cost model of the mesh is named {name:?} (the file stem names it in the registry); rename the file",
+                    path.display()
+                );
+            }
+            extras.push((name, path.clone()));
+        }
+        Ok(extras)
+    }
+
     /// The critics to serve, each with its objective (read from its header).
     fn critics(&self) -> anyhow::Result<Vec<(PathBuf, ig_core::critic::CriticObjective)>> {
         let paths = if self.no_critics {
@@ -186,6 +225,8 @@ pub(crate) struct Mesh {
     cost: SocketAddr,
     reward: SocketAddr,
     guard: SocketAddr,
+    /// The extra cost models: registry name and address.
+    extra_costs: Vec<(String, SocketAddr)>,
     critics: Vec<ServedCritic>,
     /// The models behind the role servers.
     pub engines: RoleEngines,
@@ -200,7 +241,7 @@ pub(crate) struct Mesh {
 
 /// Runs a role server, reporting its error on `failed` so that waiting for the mesh stops.
 fn watched(
-    role: &'static str,
+    role: impl std::fmt::Display + Send + 'static,
     failed: &watch::Sender<Option<String>>,
     server: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 ) -> JoinHandle<anyhow::Result<()>> {
@@ -230,12 +271,14 @@ impl Addresses {
     }
 }
 
-/// The registry of a loopback mesh: one policy, one cost and one reward model.
+/// A model's registry name in the loopback mesh: its file stem.
 fn stem(p: &std::path::Path) -> String {
     p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-fn loopback_registry(policy: SocketAddr, cost: SocketAddr, reward: SocketAddr, scorers: &MeshModels, critics: &[ServedCritic]) -> String {
+/// The registry of a loopback mesh: one policy, the default cost model and
+/// the extra ones, one reward model, the critics.
+fn loopback_registry(policy: SocketAddr, cost: SocketAddr, reward: SocketAddr, scorers: &MeshModels, extra_costs: &[(String, SocketAddr)], critics: &[ServedCritic]) -> String {
     let mut text = format!(
         r#"# Written by `inferenceguard up`. Add a [[scorer]] entry (a new cost model's
 # endpoints) and the orchestrator picks it up within seconds; requests choose
@@ -260,6 +303,10 @@ default = true
         cost_name = stem(&scorers.cost_model),
         reward_name = stem(&scorers.reward_model),
     );
+    // Not default: requests and eval judges name them.
+    for (name, addr) in extra_costs {
+        text += &format!("\n[[scorer]]\nname = \"{name}\"\nrole = \"cost\"\nendpoints = [\"http://{addr}\"]\n");
+    }
     for c in critics {
         text += &format!("\n[[critic]]\nname = \"{}\"\nobjective = \"{}\"\nendpoints = [\"http://{}\"]\n", c.name, c.objective.as_str(), c.addr);
     }
@@ -288,7 +335,19 @@ impl Mesh {
         let (pl, cl, rl) = (bind("policy", at.policy).await?, bind("cost", at.cost).await?, bind("reward", at.reward).await?);
         let gl = bind("orchestrator", at.guard).await?;
         let (policy_addr, cost_addr, reward_addr, guard_addr) = (pl.local_addr()?, cl.local_addr()?, rl.local_addr()?, gl.local_addr()?);
+        let extras = scorers.extra_cost_models()?;
         let engines = RoleEngines::start(policy, scorers, cost_addr, reward_addr)?;
+        let mut extra_costs = Vec::new();
+        let mut extra_tasks = Vec::new();
+        for (name, path) in extras {
+            let listener = bind("extra cost model", SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let addr = listener.local_addr()?;
+            let args = ScorerArgs::with_model(&path, addr);
+            let engine = ig_scorer::start_engine(&args)?;
+            let shutdown = signal(stopped.clone());
+            extra_tasks.push(watched(format!("extra cost model {name}"), &failed_tx, async move { ig_scorer::serve(engine, &args, listener, shutdown).await }));
+            extra_costs.push((name, addr));
+        }
         let mut critics = Vec::new();
         let mut critic_tasks = Vec::new();
         for (path, objective) in scorers.critics()? {
@@ -302,7 +361,7 @@ impl Mesh {
         }
         let registry_dir = tempfile::Builder::new().prefix("inferenceguard-up-").tempdir()?;
         let registry = registry_dir.path().join("registry.toml");
-        std::fs::write(&registry, loopback_registry(policy_addr, cost_addr, reward_addr, scorers, &critics))?;
+        std::fs::write(&registry, loopback_registry(policy_addr, cost_addr, reward_addr, scorers, &extra_costs, &critics))?;
         let guard = ig_orchestrator::OrchestratorArgs::with_registry(&registry, guard_addr);
         let mut tasks = vec![
             watched("policy", &failed_tx, {
@@ -319,12 +378,14 @@ impl Mesh {
             }),
             watched("orchestrator", &failed_tx, ig_orchestrator::run(guard, gl, signal(stopped))),
         ];
+        tasks.extend(extra_tasks);
         tasks.extend(critic_tasks);
         Ok(Self {
             policy: policy_addr,
             cost: cost_addr,
             reward: reward_addr,
             guard: guard_addr,
+            extra_costs,
             critics,
             engines,
             registry,
@@ -350,7 +411,12 @@ impl Mesh {
             let channel = ig_orchestrator::channel::connect_lazy(&endpoint)?;
             ig_orchestrator::channel::wait_serving(&channel, &endpoint, ig_critic::SERVICE_NAME, limit).await
         }));
-        let ready = async { tokio::try_join!(policy.wait_ready(limit), cost.wait_ready(limit), reward.wait_ready(limit), guard.wait_ready(limit), critics) };
+        let extra_costs = futures::future::try_join_all(self.extra_costs.iter().map(|(_, addr)| async move {
+            ScorerClient::connect_lazy(&format!("http://{addr}"))?.wait_ready(limit).await
+        }));
+        let ready = async {
+            tokio::try_join!(policy.wait_ready(limit), cost.wait_ready(limit), reward.wait_ready(limit), guard.wait_ready(limit), extra_costs, critics)
+        };
         // A server that fails while starting (a model that fails its warm-up) ends the wait at once.
         let mut failed = self.failed.clone();
         let outcome = tokio::select! {
@@ -371,6 +437,9 @@ impl Mesh {
         println!("policy  grpc://{}  (inferenceguard.v1.PolicyService)", self.policy);
         println!("cost    grpc://{}  (inferenceguard.v1.ScorerService)", self.cost);
         println!("reward  grpc://{}  (inferenceguard.v1.ScorerService)", self.reward);
+        for (name, addr) in &self.extra_costs {
+            println!("cost    grpc://{addr}  (inferenceguard.v1.ScorerService: {name}, not the default; cost_model = \"{name}\")");
+        }
         for c in &self.critics {
             println!("critic  grpc://{}  (inferenceguard.v1.CriticService: {}, objective {})", c.addr, c.name, c.objective.as_str());
         }
@@ -513,6 +582,74 @@ mod tests {
         policy: ig_policy::PolicyArgs,
         #[command(flatten)]
         models: MeshModels,
+    }
+
+    fn models(flags: &[&str]) -> MeshModels {
+        Wrap::parse_from(["up"].iter().chain(flags)).models
+    }
+
+    fn extras(flags: &[&str]) -> Vec<(String, PathBuf)> {
+        models(flags).extra_cost_models().unwrap()
+    }
+
+    #[test]
+    fn extra_cost_models_default_repeat_comma_and_none() {
+        // Tests run one at a time (--test-threads=1): the variable is this test's alone.
+        std::env::remove_var("IG_EXTRA_COST_MODELS");
+        let old = |p: &str| ("cost-minilm-l6".to_string(), PathBuf::from(p));
+        // The default differs from the default cost model only once that moves on; compare with what it is.
+        let default = extras(&[]);
+        if DEFAULT_COST_MODEL == DEFAULT_EXTRA_COST_MODEL {
+            assert_eq!(default, vec![]);
+        } else {
+            assert_eq!(default, vec![old(DEFAULT_EXTRA_COST_MODEL)]);
+        }
+        let other = ["--cost-model", "models/heads/guide.safetensors"];
+        assert_eq!(extras(&other), vec![old(DEFAULT_EXTRA_COST_MODEL)]);
+        let two = extras(&[&other[..], &["--extra-cost-model", "a/j1.safetensors,b/j2.safetensors", "--extra-cost-model", "c/j3"]].concat());
+        let names: Vec<&str> = two.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["j1", "j2", "j3"]);
+        assert_eq!(two[1].1, PathBuf::from("b/j2.safetensors"));
+        // The cost model itself, and a repeat, are skipped.
+        let skipped = extras(&["--cost-model", "x/guide.safetensors", "--extra-cost-model", "x/guide.safetensors,y/j.safetensors,y/j.safetensors"]);
+        assert_eq!(skipped, vec![("j".to_string(), PathBuf::from("y/j.safetensors"))]);
+        // None: the flag, or an empty value.
+        assert_eq!(extras(&[&other[..], &["--no-extra-cost-models"]].concat()), vec![]);
+        assert_eq!(extras(&[&other[..], &["--extra-cost-model", ""]].concat()), vec![]);
+        std::env::set_var("IG_EXTRA_COST_MODELS", "e/j4.safetensors,e/j5.safetensors");
+        let from_env: Vec<String> = extras(&other).into_iter().map(|e| e.0).collect();
+        std::env::set_var("IG_EXTRA_COST_MODELS", "");
+        let empty_env = extras(&other);
+        std::env::remove_var("IG_EXTRA_COST_MODELS");
+        assert_eq!(from_env, ["j4", "j5"]);
+        assert_eq!(empty_env, vec![]);
+    }
+
+    #[test]
+    fn an_extra_cost_model_named_like_another_is_refused() {
+        let err = |flags: &[&str]| models(flags).extra_cost_models().unwrap_err().to_string();
+        let e = err(&["--cost-model", "a/cost.safetensors", "--extra-cost-model", "b/cost.safetensors"]);
+        assert!(e.starts_with("--extra-cost-model b/cost.safetensors: another cost model of the mesh is named \"cost\""), "{e}");
+        let e = err(&["--cost-model", "a/guide.safetensors", "--extra-cost-model", "b/j.safetensors,c/j.safetensors"]);
+        assert!(e.starts_with("--extra-cost-model c/j.safetensors:"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_loopback_registry_lists_extra_cost_models_beside_the_default() {
+        let w = Wrap::parse_from(["up", "--cost-model", "m/guide.safetensors", "--extra-cost-model", "m/j1.safetensors,m/j2.safetensors"]);
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let extras: Vec<(String, SocketAddr)> = w.models.extra_cost_models().unwrap().into_iter().zip([at(7), at(8)]).map(|((n, _), a)| (n, a)).collect();
+        let text = loopback_registry(at(1), at(2), at(3), &w.models, &extras, &[]);
+        let registry = ig_orchestrator::registry::Registry::from_toml(&text).unwrap();
+        let snapshot = registry.snapshot();
+        use ig_orchestrator::registry::EntryRole;
+        // The guide stays the default: requests that name no cost model get it.
+        assert_eq!(snapshot.resolve(EntryRole::Cost, "").unwrap().name, "guide");
+        for (name, port) in [("j1", 7), ("j2", 8)] {
+            let e = snapshot.resolve(EntryRole::Cost, name).unwrap();
+            assert!(!e.default);
+            assert_eq!(e.replicas[0].endpoint, format!("http://127.0.0.1:{port}"));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
