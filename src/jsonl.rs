@@ -41,7 +41,45 @@ pub fn append<T: Serialize>(file: &mut std::fs::File, item: &T) -> anyhow::Resul
     Ok(())
 }
 
+/// Replaces the file at `path` with `items`, one per line, in one piece: a
+/// crash leaves the old file or the new one, never a mix (written to a
+/// temporary file beside it, synced, then renamed over it).
+pub fn rewrite<T: Serialize>(path: &Path, items: &[T]) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let write = || -> anyhow::Result<()> {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for item in items {
+            writeln!(file, "{}", serde_json::to_string(item)?)?;
+        }
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    };
+    write().with_context(|| format!("rewriting {} (through {})", path.display(), tmp.display()))
+}
+
 /// Opens `path` for appending, creating it.
 pub fn open_append(path: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewrite_replaces_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let mut file = open_append(&path).unwrap();
+        for i in 0..3 {
+            append(&mut file, &i).unwrap();
+        }
+        rewrite(&path, &[7, 8]).unwrap();
+        assert_eq!(read_resumable::<i32>(&path).unwrap(), vec![7, 8]);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("r.jsonl")]);
+    }
 }

@@ -4,7 +4,11 @@
 //! - `eval prompts`: draw a prompt set from the assets;
 //! - `eval --prompts SET ...`: run every method over it, resumably;
 //! - `eval report`: rewrite the report from a run's results.
+//!
+//! Every report judges safety twice: by the cost model that guided the
+//! search, and by judges it never consulted (`judge.rs`, `--judge`).
 
+mod judge;
 mod metrics;
 mod prompts;
 mod report;
