@@ -559,4 +559,13 @@ mod tests {
         assert!(md.contains("**Judge(s) jc left out**") && !md.contains("Safe by jc"), "{md}");
         assert!(md.contains("Compliance (phrase judge)"), "the phrase judge needs no flag: {md}");
     }
+
+    #[test]
+    fn results_written_before_the_judges_still_read() {
+        let r = record(1, PromptKind::Harmful, Method::Base, 1.0, -1.0, 0.5);
+        let mut line = serde_json::to_value(&r).unwrap();
+        let fields = line.as_object_mut().unwrap();
+        assert!(fields.remove("judge_costs").is_some() && fields.remove("judge_models").is_some());
+        assert_eq!(serde_json::from_value::<EvalRecord>(line).unwrap(), r);
+    }
 }
