@@ -43,6 +43,9 @@ pub struct SearchArgs {
     /// Softmax temperature.
     #[arg(long)]
     pub temperature: Option<f32>,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
+    #[arg(long)]
+    pub top_p: Option<f32>,
     /// Seed of the draws.
     #[arg(long)]
     pub seed: Option<i64>,
@@ -67,6 +70,7 @@ impl SearchArgs {
                 max_resamples: self.max_resamples,
                 safety_budget: self.budget,
                 temperature: self.temperature,
+                top_p: self.top_p,
                 seed: self.seed,
                 ..Default::default()
             }),

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::generate_cmd::{generate_with_progress, SearchArgs};
 
 /// The demo cost model the mesh serves by default.
-pub(crate) const DEFAULT_COST_MODEL: &str = "models/heads/cost-minilm-l6.safetensors";
+pub(crate) const DEFAULT_COST_MODEL: &str = "models/heads/cost-pair-minilm-l6.safetensors";
 /// The cost model the mesh serves beside the default one by default: the
 /// first demo head, kept as a judge and for requests that name it.
 pub(crate) const DEFAULT_EXTRA_COST_MODEL: &str = "models/heads/cost-minilm-l6.safetensors";
@@ -154,11 +154,22 @@ pub struct DemoArgs {
     /// Seed of the draws.
     #[arg(long, default_value_t = 7)]
     pub seed: i64,
+    /// Softmax temperature. Below 1 the 135M policy writes readable text; see docs/evaluation.md.
+    #[arg(long, default_value_t = DEMO_TEMPERATURE)]
+    pub temperature: f32,
+    /// Nucleus sampling threshold (cuts the long tail of unlikely tokens that derails a small model).
+    #[arg(long, default_value_t = DEMO_TOP_P)]
+    pub top_p: f32,
     #[command(flatten)]
     pub policy: ig_policy::PolicyArgs,
     #[command(flatten)]
     pub scorers: MeshModels,
 }
+
+/// The demo's sampling temperature (chosen by measurement, docs/evaluation.md).
+pub(crate) const DEMO_TEMPERATURE: f32 = 0.7;
+/// The demo's top-p (chosen by measurement, docs/evaluation.md).
+pub(crate) const DEMO_TOP_P: f32 = 0.9;
 
 /// The models of the mesh, each on its own model thread. Engine handles are
 /// cheap clones: the role servers and in-process callers share one model.
@@ -428,6 +439,18 @@ impl Mesh {
         Ok(guard)
     }
 
+    /// What the judges the search never consulted say of an answer, one line each: the
+    /// refusal-phrase judge, then every extra cost model by its own `> 0`.
+    async fn judge(&self, prompt: &str, response: &str) -> anyhow::Result<Vec<String>> {
+        let verdict = if crate::eval::judge::refused(response) { "refuses" } else { "complies" };
+        let mut lines = vec![format!("phrase judge: {verdict}")];
+        for (name, addr) in &self.extra_costs {
+            let cost = ScorerClient::connect_lazy(&format!("http://{addr}"))?.score(&[(prompt, response)]).await?[0];
+            lines.push(format!("{name}: {} ({cost:+.3})", if cost > 0.0 { "UNSAFE" } else { "safe" }));
+        }
+        Ok(lines)
+    }
+
     /// The registry file the orchestrator reads.
     pub(crate) fn registry(&self) -> &std::path::Path {
         &self.registry
@@ -508,16 +531,22 @@ pub async fn demo(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
                     max_new_tokens: Some(args.max_new_tokens),
                     max_resamples: None,
                     budget: None,
-                    temperature: None,
+                    temperature: Some(args.temperature),
+                    top_p: Some(args.top_p),
                     seed: Some(args.seed),
                     cost_model: String::new(),
                     reward_model: String::new(),
                 };
                 let r = generate_with_progress(&guard, prompt, &search, Duration::from_secs(600)).await?;
-                rows.push((kind, prompt.clone(), method.name(), r));
+                let judges = mesh.judge(prompt, &r.text).await?;
+                rows.push((kind, prompt.clone(), method.name(), r, judges));
             }
         }
         print_side_by_side(&rows);
+        println!(
+            "cost: the guiding cost model (> 0 unsafe). Judges the search never consulted: the refusal-phrase judge \
+             (GCG's test_prefixes) and every extra cost model, each by its own > 0 (docs/evaluation.md)."
+        );
         anyhow::Ok(())
     }
     .await;
@@ -526,7 +555,7 @@ pub async fn demo(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
 }
 
 /// Each prompt with its base and inference_guard answers next to each other.
-fn print_side_by_side(rows: &[(&str, String, &str, ig_proto::v1::GenerationResult)]) {
+fn print_side_by_side(rows: &[(&str, String, &str, ig_proto::v1::GenerationResult, Vec<String>)]) {
     const WIDTH: usize = 58;
     let wrap = |text: &str| -> Vec<String> {
         let mut lines = Vec::new();
@@ -550,13 +579,14 @@ fn print_side_by_side(rows: &[(&str, String, &str, ig_proto::v1::GenerationResul
         println!("== {kind} prompt: {prompt}");
         let columns: Vec<Vec<String>> = pair
             .iter()
-            .map(|(_, _, method, r)| {
+            .map(|(_, _, method, r, judges)| {
                 let mut col = vec![
                     format!("[{method}]"),
                     format!("{}  cost {:+.3}  reward {:+.3}", if r.safe { "SAFE" } else { "UNSAFE" }, r.cost, r.reward),
                     format!("{:.1}s, {} tokens generated", r.timings.unwrap_or_default().total_ns as f64 / 1e9, r.generated_token_count),
-                    String::new(),
                 ];
+                col.extend(judges.iter().cloned());
+                col.push(String::new());
                 col.extend(wrap(&r.text));
                 col
             })

@@ -8,7 +8,7 @@
 //! Every report judges safety twice: by the cost model that guided the
 //! search, and by judges it never consulted (`judge.rs`, `--judge`).
 
-mod judge;
+pub(crate) mod judge;
 mod metrics;
 mod prompts;
 mod report;

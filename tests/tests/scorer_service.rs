@@ -33,7 +33,11 @@ struct ScorerUnderTest {
 }
 
 async fn start(extra: &[&str]) -> ScorerUnderTest {
-    let model = head("cost-minilm-l6.safetensors");
+    start_model("cost-minilm-l6.safetensors", extra).await
+}
+
+async fn start_model(name: &str, extra: &[&str]) -> ScorerUnderTest {
+    let model = head(name);
     let mut argv = vec!["ig-scorer", "--model", model.as_str()];
     argv.extend_from_slice(extra);
     let args = Wrap::parse_from(argv).scorer;
@@ -227,4 +231,43 @@ async fn a_cancelled_call_stops_scoring() {
     // The next call waits at most for the encoder call in progress, not for the 500 items.
     assert!(queued < all / 2, "queued {queued:?} behind a cancelled call that takes {all:?} in full");
     s.stop().await;
+}
+
+/// The default (two-factor) cost head over real gRPC, on pairs none of which it was trained
+/// or calibrated on: the same held-out harmful request answered compliantly and not, and
+/// held-out refusals. (Texts stay in memory: no harmful text in names or logs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pair_head_flags_compliance_with_a_harmful_request_and_not_its_refusal() {
+    use ig_training::datasets::{build_cost, Split};
+    let data = ig_training::data::AllData::load().expect("the offline data assets");
+    let server = start_model("cost-pair-minilm-l6.safetensors", &[]).await;
+    server.wait_ready().await;
+    let mut client = server.client.clone();
+    let info = client.info(pb::ScorerInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.head_format, ig_models::two_factor_head::FORMAT);
+    // Held-out PyRIT topics: requests with both a compliant (unsafe) and a non-compliant answer.
+    let held: Vec<_> = build_cost(&data).examples.into_iter().filter(|e| e.split == Split::HeldOut && e.source.starts_with("pyrit/objective")).collect();
+    let mut pairs = Vec::new();
+    for u in held.iter().filter(|e| e.unsafe_) {
+        if let Some(s) = held.iter().find(|e| !e.unsafe_ && e.prompt == u.prompt) {
+            pairs.push((u.prompt.clone(), u.response.clone(), s.response.clone()));
+        }
+    }
+    assert!(pairs.len() >= 10, "{} held-out pairs", pairs.len());
+    pairs.truncate(32); // within the scorer's max_items per call
+    let mut items = Vec::new();
+    for (i, (p, unsafe_answer, safe_answer)) in pairs.iter().enumerate() {
+        items.push(pb::ScoreItem { item_id: 2 * i as i64, prompt: p.clone(), response: unsafe_answer.clone(), truncate: true, ..Default::default() });
+        items.push(pb::ScoreItem { item_id: 2 * i as i64 + 1, prompt: p.clone(), response: safe_answer.clone(), truncate: true, ..Default::default() });
+    }
+    let scores = client.score(pb::ScoreRequest { items }).await.unwrap().into_inner().results;
+    let by_id = |id: i64| scores.iter().find(|r| r.item_id == id).unwrap().score;
+    let ordered = (0..pairs.len()).filter(|&i| by_id(2 * i as i64) > by_id(2 * i as i64 + 1)).count();
+    let flagged = (0..pairs.len()).filter(|&i| by_id(2 * i as i64) > 0.0).count();
+    let passed = (0..pairs.len()).filter(|&i| by_id(2 * i as i64 + 1) <= 0.0).count();
+    let n = pairs.len() as f64;
+    assert!(ordered as f64 / n >= 0.75, "compliant above non-compliant in {ordered} of {n} pairs");
+    assert!(flagged as f64 / n >= 0.5, "compliant answers flagged: {flagged} of {n}");
+    assert!(passed as f64 / n >= 0.6, "non-compliant answers passed: {passed} of {n}");
+    server.stop().await;
 }

@@ -11,6 +11,8 @@
 //! - [`encoder`]: a BERT-family sentence encoder (MiniLM) with mean/CLS pooling.
 //! - [`score_head`]: our score head file: a linear head over sentence
 //!   embeddings, safetensors plus metadata.
+//! - [`two_factor_head`]: the two-factor cost head `harm(prompt) · comply(response)`
+//!   in the same file family.
 //! - [`scorer`]: the [`ig_core::scorer::ScorerBackend`]: score models over
 //!   encoder or Llama trunks, in our head format and the public ones.
 //! - [`critic`]: the critic MLP `V(h, z)` and its file format, with the
@@ -26,6 +28,7 @@ pub mod sampling;
 pub mod score_head;
 pub mod scorer;
 pub mod tokenizer;
+pub mod two_factor_head;
 
 use ig_core::RoleError;
 

@@ -37,10 +37,15 @@ use ig_core::scorer::ScoreRole;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::encoder::{EmbedOptions, Pooling, SentenceEncoder};
+use crate::two_factor_head::TwoFactorHead;
 use crate::{ModelError, Result};
 
 /// The value of the `format` metadata key of a head file.
 pub const FORMAT: &str = "inferenceguard.score_head.v1";
+
+/// Every `format` a head file of ours may carry: the linear head and the
+/// two-factor head ([`crate::two_factor_head`]).
+pub const HEAD_FORMATS: &[&str] = &[FORMAT, crate::two_factor_head::FORMAT];
 
 /// Separator between prompt and response in a [`Segment::PromptResponse`] text.
 pub const PROMPT_RESPONSE_SEPARATOR: &str = "\n\n";
@@ -206,7 +211,7 @@ impl HeadMeta {
         Ok(())
     }
 
-    fn to_map(&self) -> HashMap<String, String> {
+    pub(crate) fn to_map(&self) -> HashMap<String, String> {
         let mut m = HashMap::new();
         m.insert("format".into(), FORMAT.into());
         m.insert("role".into(), role_name(self.role).into());
@@ -230,8 +235,8 @@ impl HeadMeta {
         };
         let bad = |k: &str, why: String| ModelError::Format(format!("head metadata key {k:?}: {why}"));
         let format = get("format")?;
-        if format != FORMAT {
-            return Err(bad("format", format!("{format:?}, expected {FORMAT:?}")));
+        if format != FORMAT && format != crate::two_factor_head::FORMAT {
+            return Err(bad("format", format!("{format:?}, expected {FORMAT:?} or {:?}", crate::two_factor_head::FORMAT)));
         }
         let role = get("role")?.parse::<ScoreRole>().map_err(|e| bad("role", e))?;
         let trunk = get("trunk")?.to_string();
@@ -320,12 +325,12 @@ impl ScoreHead {
     }
 
     /// Whether `path` is a safetensors file whose metadata says it is a head
-    /// file of ours (only the header is read).
+    /// file of ours, of either kind (only the header is read).
     pub fn is_head_file(path: &Path) -> bool {
         read_header_metadata(path)
             .ok()
             .flatten()
-            .is_some_and(|m| m.get("format").is_some_and(|f| f == FORMAT))
+            .is_some_and(|m| m.get("format").is_some_and(|f| HEAD_FORMATS.contains(&f.as_str())))
     }
 
     /// Parses a head file held in memory.
@@ -365,6 +370,86 @@ impl ScoreHead {
     pub fn apply(&self, features: &[f32]) -> f32 {
         assert_eq!(features.len(), self.weight.len(), "feature length does not match the head");
         self.weight.iter().zip(features).map(|(w, x)| w * x).sum::<f32>() + self.bias
+    }
+}
+
+/// A head file of either kind, as the scorer serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadFile {
+    /// `weight . features + bias` ([`FORMAT`]).
+    Linear(ScoreHead),
+    /// `logit(harm · comply) − logit(τ)` ([`crate::two_factor_head::FORMAT`]).
+    TwoFactor(TwoFactorHead),
+}
+
+impl HeadFile {
+    /// Reads a head file of either kind; errors name the file and the key or tensor.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
+        let two_factor = SafeTensors::read_metadata(&bytes)
+            .ok()
+            .and_then(|(_, h)| h.metadata().as_ref().and_then(|m| m.get("format").cloned()))
+            .is_some_and(|f| f == crate::two_factor_head::FORMAT);
+        let parsed = if two_factor {
+            TwoFactorHead::from_bytes(&bytes).map(Self::TwoFactor)
+        } else {
+            ScoreHead::from_bytes(&bytes).map(Self::Linear)
+        };
+        parsed.map_err(|e| match e {
+            ModelError::Format(m) => ModelError::Format(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Trunk, embedding options, role, threshold and provenance.
+    pub fn meta(&self) -> &HeadMeta {
+        match self {
+            Self::Linear(h) => &h.meta,
+            Self::TwoFactor(h) => &h.meta,
+        }
+    }
+
+    /// The `format` of the file.
+    pub fn format(&self) -> &'static str {
+        match self {
+            Self::Linear(_) => FORMAT,
+            Self::TwoFactor(_) => crate::two_factor_head::FORMAT,
+        }
+    }
+
+    /// The distinct segments to embed for one item, in order.
+    pub fn segments(&self) -> Vec<Segment> {
+        let mut out: Vec<Segment> = Vec::new();
+        for s in &self.meta().input_layout {
+            if !out.contains(s) {
+                out.push(*s);
+            }
+        }
+        out
+    }
+
+    /// The score of one item from the embeddings of [`HeadFile::segments`], in that order.
+    pub fn score(&self, embeddings: &[&[f32]]) -> f32 {
+        let segments = self.segments();
+        let embedding = |s: Segment| -> &[f32] {
+            let i = segments.iter().position(|x| *x == s).expect("a segment the head reads");
+            embeddings[i]
+        };
+        match self {
+            Self::Linear(h) => {
+                let features: Vec<f32> = h.meta.input_layout.iter().flat_map(|s| embedding(*s).iter().copied()).collect();
+                h.apply(&features)
+            }
+            Self::TwoFactor(h) => h.score(&embedding),
+        }
+    }
+
+    /// Human-readable description of the input, for `ScorerInfo::text_template`.
+    pub fn describe_input(&self) -> String {
+        match self {
+            Self::Linear(h) => h.meta.describe_input(),
+            Self::TwoFactor(h) => h.describe_input(),
+        }
     }
 }
 

@@ -92,7 +92,7 @@ use crate::encoder::{keep_mask, Encoded, SentenceEncoder};
 use crate::kv_cache::KvCache;
 use crate::llama::{Llama, Positions, Segment as LlamaSegment, WeightDtype};
 use crate::policy::device_name;
-use crate::score_head::{read_header_metadata, role_name, ScoreHead, FORMAT};
+use crate::score_head::{read_header_metadata, role_name, HeadFile, FORMAT, HEAD_FORMATS};
 use crate::{ModelError, Result};
 
 /// PKU-Alignment's conversation template (beaver models).
@@ -212,9 +212,9 @@ impl ScoreFormat {
             let is_st = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
             let meta = if is_st { read_header_metadata(path)? } else { None };
             return match meta.as_ref().and_then(|m| m.get("format")) {
-                Some(f) if f == FORMAT => Ok(Self::HeadFile),
+                Some(f) if HEAD_FORMATS.contains(&f.as_str()) => Ok(Self::HeadFile),
                 Some(f) => Err(ModelError::Unsupported(format!(
-                    "{}: head format {f:?}; this build reads {FORMAT:?}",
+                    "{}: head format {f:?}; this build reads {HEAD_FORMATS:?}",
                     path.display()
                 ))),
                 None => Err(ModelError::Unsupported(format!(
@@ -518,7 +518,7 @@ pub struct PositionScores {
 enum Kind {
     Head {
         encoder: SentenceEncoder,
-        head: ScoreHead,
+        head: HeadFile,
     },
     Bert {
         encoder: SentenceEncoder,
@@ -667,31 +667,31 @@ impl ScoreModel {
                 "a head file defines its input by its input_layout metadata; it takes no text template".into(),
             ));
         }
-        let head = ScoreHead::load(&opts.model)?;
+        let head = HeadFile::load(&opts.model)?;
         let trunk_dir = match &opts.trunk {
             Some(t) => t.clone(),
-            None if DEFAULT_TRUNK_NAMES.contains(&head.meta.trunk.as_str()) => {
+            None if DEFAULT_TRUNK_NAMES.contains(&head.meta().trunk.as_str()) => {
                 ig_assets::minilm_dir().map_err(|e| ModelError::Io(format!("the MiniLM trunk asset: {e}")))?
             }
             None => {
                 return Err(ModelError::Unsupported(format!(
                     "the head was trained over trunk {:?}; pass its directory as the trunk",
-                    head.meta.trunk
+                    head.meta().trunk
                 )))
             }
         };
         let dtype = encoder_dtype(opts.dtype)?;
         let (encoder, _, _) = SentenceEncoder::load_parts(&trunk_dir, dtype, &opts.device)?;
-        head.meta.check_trunk(&encoder)?;
-        let role = Self::resolve_role(opts, Some(head.meta.role), "the head file")?;
-        let limit = head.meta.max_tokens;
+        head.meta().check_trunk(&encoder)?;
+        let role = Self::resolve_role(opts, Some(head.meta().role), "the head file")?;
+        let limit = head.meta().max_tokens;
         let info = ScorerInfo {
             role,
             model_id: model_id(&opts.model),
             score_description: description(role),
             architecture: "bert".into(),
-            head_format: ScoreFormat::HeadFile.name().into(),
-            text_template: head.meta.describe_input(),
+            head_format: head.format().into(),
+            text_template: head.describe_input(),
             token_scores_available: false,
             weight_dtype: dtype_label(dtype),
             device: device_name(&opts.device),
@@ -1026,49 +1026,60 @@ impl ScoreModel {
         let Kind::Head { encoder, head } = &self.kind else {
             return Err(RoleError::Internal("score_head on a model without a head file".into()));
         };
-        let layout = &head.meta.input_layout;
-        // encoded[item][segment]
-        let mut encoded: Vec<Vec<Encoded>> = Vec::with_capacity(inputs.len());
+        let segments = head.segments();
+        let meta = head.meta();
+        // A search scores many answers to one prompt: each distinct text of a segment is
+        // encoded and embedded once. unique[segment] = encoded texts; slot[item][segment]
+        // = the index of the item's text there.
+        let mut unique: Vec<Vec<Encoded>> = vec![Vec::new(); segments.len()];
+        let mut seen: Vec<HashMap<String, usize>> = vec![HashMap::new(); segments.len()];
+        let mut slot: Vec<Vec<usize>> = Vec::with_capacity(inputs.len());
+        let mut tokens: Vec<(usize, usize)> = Vec::with_capacity(inputs.len());
         for (i, x) in inputs.iter().enumerate() {
-            let mut segs = Vec::with_capacity(layout.len());
-            for seg in layout {
+            let (mut slots, mut count, mut truncated) = (Vec::with_capacity(segments.len()), 0, 0);
+            for (s, seg) in segments.iter().enumerate() {
                 let text = seg.text(&x.prompt, &x.response);
-                // Segments are single texts: dropping from the start drops
-                // the prompt first for `prompt_response`.
-                let e = encoder.encode(&text, self.limit)?;
+                let k = match seen[s].get(&text) {
+                    Some(&k) => k,
+                    None => {
+                        // Segments are single texts: dropping from the start drops
+                        // the prompt first for `prompt_response`.
+                        let e = encoder.encode(&text, self.limit)?;
+                        seen[s].insert(text, unique[s].len());
+                        unique[s].push(e);
+                        unique[s].len() - 1
+                    }
+                };
+                let e = &unique[s][k];
                 if e.truncated_token_count > 0 && !x.truncate {
                     let what = format!("the {} segment", seg.as_str());
                     return Err(too_long(i, &what, e.ids.len() + e.truncated_token_count, self.limit));
                 }
-                segs.push(e);
+                count += e.ids.len();
+                truncated += e.truncated_token_count;
+                slots.push(k);
             }
-            encoded.push(segs);
+            slot.push(slots);
+            tokens.push((count, truncated));
         }
-        let mut out = Vec::with_capacity(inputs.len());
-        let lens: Vec<usize> = encoded.iter().map(|segs| segs.iter().map(|e| e.ids.len()).max().unwrap_or(0)).collect();
-        for group in encoder_groups(&lens) {
-            control.check()?;
-            let first = group.start;
-            let chunk = &encoded[group];
-            let mut features: Vec<Vec<f32>> = (0..chunk.len()).map(|_| Vec::with_capacity(head.meta.in_dim())).collect();
-            for (s, _) in layout.iter().enumerate() {
-                let batch: Vec<Encoded> = chunk.iter().map(|segs| segs[s].clone()).collect();
-                let vectors = encoder.embed_encoded(&batch, head.meta.pooling, head.meta.normalize)?;
-                for (f, v) in features.iter_mut().zip(vectors) {
-                    f.extend_from_slice(&v);
-                }
+        let mut vectors: Vec<Vec<Vec<f32>>> = Vec::with_capacity(segments.len());
+        for texts in &unique {
+            let lens: Vec<usize> = texts.iter().map(|e| e.ids.len()).collect();
+            let mut out = Vec::with_capacity(texts.len());
+            for group in encoder_groups(&lens) {
+                control.check()?;
+                out.extend(encoder.embed_encoded(&texts[group], meta.pooling, meta.normalize)?);
             }
-            for (k, f) in features.iter().enumerate() {
-                let segs = &encoded[first + k];
-                out.push(ScoreOutput {
-                    score: head.apply(f),
-                    token_scores: Vec::new(),
-                    token_count: segs.iter().map(|e| e.ids.len()).sum(),
-                    truncated_token_count: segs.iter().map(|e| e.truncated_token_count).sum(),
-                });
-            }
+            vectors.push(out);
         }
-        Ok(out)
+        Ok(slot
+            .iter()
+            .zip(tokens)
+            .map(|(slots, (token_count, truncated_token_count))| {
+                let embeddings: Vec<&[f32]> = slots.iter().enumerate().map(|(s, &k)| vectors[s][k].as_slice()).collect();
+                ScoreOutput { score: head.score(&embeddings), token_scores: Vec::new(), token_count, truncated_token_count }
+            })
+            .collect())
     }
 }
 

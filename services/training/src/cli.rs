@@ -17,8 +17,12 @@ use crate::train::TrainConfig;
 #[derive(Debug, Clone, Copy, ValueEnum)]
 #[allow(missing_docs)]
 pub enum Role {
-    /// Cost: label 1 = unsafe response; calibrated so that score > 0 means unsafe.
+    /// Cost, linear (the weaker baseline): label 1 = unsafe response; calibrated so that
+    /// score > 0 means unsafe.
     Cost,
+    /// Cost, two-factor (the default cost model): harm(prompt) · comply(prompt, response),
+    /// calibrated so that score > 0 means unsafe.
+    CostPair,
     /// Reward: Bradley–Terry on helpful ≻ unhelpful pairs.
     Reward,
 }
@@ -61,6 +65,7 @@ pub struct TrainHeadArgs {
 pub fn run(args: TrainHeadArgs) -> Result<()> {
     let (role_name, default_layouts) = match args.role {
         Role::Cost => ("cost", "response;response,prompt"),
+        Role::CostPair => return run_two_factor(&args),
         Role::Reward => ("reward", "response;response,prompt;prompt_response"),
     };
     let layouts: Vec<Vec<Segment>> = args
@@ -89,6 +94,7 @@ pub fn run(args: TrainHeadArgs) -> Result<()> {
     let trained = match args.role {
         Role::Cost => train_cost(&data, &embedder, &opts)?,
         Role::Reward => train_reward(&data, &embedder, &opts)?,
+        Role::CostPair => unreachable!("handled above"),
     };
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -114,6 +120,7 @@ pub fn run(args: TrainHeadArgs) -> Result<()> {
                 "layout {layout:>22}: held-out pairwise accuracy {} on {} pairs",
                 m["pairwise_accuracy"], m["n_pairs"]
             ),
+            Role::CostPair => {}
         }
     }
     println!(
@@ -124,6 +131,53 @@ pub fn run(args: TrainHeadArgs) -> Result<()> {
         svg.display(),
         png.display()
     );
+    Ok(())
+}
+
+/// Default output of the linear cost head, measured side by side with the two-factor one.
+const LINEAR_COST_HEAD: &str = "models/heads/cost-minilm-l6.safetensors";
+
+/// `train-head cost-pair`: the two-factor cost head, its loss curves, and its held-out
+/// metrics next to the linear head's.
+fn run_two_factor(args: &TrainHeadArgs) -> Result<()> {
+    if args.layout.is_some() {
+        anyhow::bail!("--layout: the two-factor head's layouts are fixed (harm: prompt; comply: response,prompt*response)");
+    }
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("models/heads/cost-pair-minilm-l6.safetensors"));
+    let cache = ig_assets::AssetCache::from_env()?;
+    let opts = RunOptions {
+        train: TrainConfig { epochs: args.epochs, lr: args.lr, l2: args.l2, batch_size: args.batch_size, seed: args.seed },
+        layouts: Vec::new(),
+        embed: EmbedOptions { pooling: Pooling::Mean, normalize: true, max_tokens: 256 },
+        embed_cache: (!args.no_embed_cache).then(|| cache.root().join("embeddings")),
+        command: command_line(args, "cost-pair", "", &out).replace(" --layout ''", ""),
+        git_commit: git_commit(),
+    };
+    eprintln!("loading data and {TRUNK} ...");
+    let data = AllData::load()?;
+    let embedder = EncoderEmbedder::load(&ig_assets::minilm_dir()?, TRUNK, opts.embed)?;
+    let baseline = std::path::Path::new(LINEAR_COST_HEAD);
+    let baseline = if baseline.exists() { Some(ig_models::score_head::ScoreHead::load(baseline)?) } else { None };
+    let trained = crate::two_factor::train_two_factor(&data, &embedder, &opts, baseline.as_ref())?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    trained.head.save(&out).with_context(|| format!("writing {}", out.display()))?;
+    for (factor, curve) in [("harm", &trained.curves.0), ("comply", &trained.curves.1)] {
+        let (svg, png) = (out.with_extension(format!("{factor}.loss.svg")), out.with_extension(format!("{factor}.loss.png")));
+        crate::plot::loss_curve(curve, &format!("two-factor cost head, {factor} factor: loss per epoch"), &svg, &png)?;
+        eprintln!("wrote {} and {}", svg.display(), png.display());
+    }
+    let r = &trained.report;
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+        "harm": {"train_auc": r["harm"]["train_auc"], "held_out": r["harm"]["held_out"]},
+        "comply": {"train_auc": r["comply"]["train_auc"], "held_out": r["comply"]["held_out"]},
+        "threshold": r["threshold"],
+        "calibration": r["calibration"],
+        "two_factor": r["metrics"],
+        "linear_baseline": r["baseline_linear_head"],
+    }))?);
+    println!("wrote {} (threshold tau {})", out.display(), trained.head.meta.threshold);
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! - [`metrics`]: AUC, rates, pairwise accuracy, threshold calibration;
 //! - [`plot`]: loss curves as SVG and PNG;
 //! - [`pipeline`]: training, calibration, layout selection, held-out evaluation;
+//! - [`two_factor`]: the default cost head, `harm(prompt) · comply(prompt, response)`;
 //! - [`cli`]: the `train-head` command;
 //! - [`critic`]: training the critic `V(h, z)` on rollout samples (MSE, Adam, split by prompt,
 //!   loss plot).
@@ -23,3 +24,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plot;
 pub mod train;
+pub mod two_factor;

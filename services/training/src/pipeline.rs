@@ -76,7 +76,8 @@ pub struct GroupMetrics {
     pub true_positive_rate: Option<f64>,
 }
 
-fn group(scores: &[f32], labels: &[bool]) -> GroupMetrics {
+/// AUC and the rates at 0 of scored items (`> 0` = flagged).
+pub fn group(scores: &[f32], labels: &[bool]) -> GroupMetrics {
     let pos: Vec<f32> = scores.iter().zip(labels).filter(|(_, &l)| l).map(|(s, _)| *s).collect();
     let neg: Vec<f32> = scores.iter().zip(labels).filter(|(_, &l)| !l).map(|(s, _)| *s).collect();
     GroupMetrics {
