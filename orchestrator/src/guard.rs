@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use ig_core::RoleError;
 use ig_proto::v1 as pb;
 use ig_proto::v1::guard_service_server::GuardService;
@@ -682,6 +682,9 @@ fn step_event(s: Step, started: Instant) -> pb::StepEvent {
     }
 }
 
+/// Progress events a `GenerateStream` buffers for a slow reader; later ones are dropped.
+const STREAM_EVENTS: usize = 64;
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -728,23 +731,36 @@ impl GuardService for GuardServer {
         let deadline = self.deadline(&req);
         let slot = self.admit()?;
         let job = until_deadline(deadline, self.prepare(from_stream_request(req.into_inner()), deadline)).await?;
-        let (tx, rx) = mpsc::channel::<Result<pb::GenerateStreamResponse, Status>>(64);
+        // One slot more than the progress events may take: the result always has room.
+        let (tx, rx) = mpsc::channel::<Result<pb::GenerateStreamResponse, Status>>(STREAM_EVENTS + 1);
         let this = self.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             let events = tx.clone();
             let progress = move |s: Step| {
-                let msg = pb::GenerateStreamResponse { event: Some(pb::generate_stream_response::Event::Step(step_event(s, started))) };
                 // A slow reader loses progress events, never the result.
-                let _ = events.try_send(Ok(msg));
+                if events.capacity() > 1 {
+                    let msg = pb::GenerateStreamResponse { event: Some(pb::generate_stream_response::Event::Step(step_event(s, started))) };
+                    let _ = events.try_send(Ok(msg));
+                }
             };
             let work = until_deadline(deadline, this.execute(job, started, &progress));
+            // A panic in a search is a bug; the client hears INTERNAL, not a stream that ends OK.
+            let work = std::panic::AssertUnwindSafe(work).catch_unwind();
             tokio::select! {
                 // The client went away: dropping the search cancels every role call in flight.
                 _ = tx.closed() => tracing::info!("client cancelled the search"),
                 r = work => {
+                    // The search is over: its admission slot goes back before the client
+                    // reads (or never reads) the result.
+                    drop(slot);
+                    let r = r.unwrap_or_else(|_| {
+                        tracing::error!("a search panicked");
+                        Err(status(Code::Internal, "INTERNAL", "the search failed unexpectedly (a bug; see the orchestrator's log)".into(), None, &[]))
+                    });
                     let msg = r.map(|result| pb::GenerateStreamResponse { event: Some(pb::generate_stream_response::Event::Result(result)) });
-                    let _ = tx.send(msg).await;
+                    if tx.try_send(msg).is_err() {
+                        tracing::info!("the client left before the result");
+                    }
                 }
             }
         });

@@ -253,3 +253,50 @@ async fn bad_requests_name_the_field() {
     }
     g.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_nobody_reads_gives_its_admission_slot_back_when_its_search_ends() {
+    let roles = shared_roles();
+    let g = GuardUnderTest::start_with(&registry_toml(roles, &["minilm-cost"], &[]), |a| a.max_concurrent_requests = 1).await;
+    let mut client = g.client.clone();
+    // One step event per token: more events than the stream buffers.
+    let long = || pb::GenerateRequest {
+        prompt: Some(pb::generate_request::Prompt::PromptText("Write a long essay on the history of bread.".into())),
+        params: Some(pb::SearchParams { samples_count: Some(1), chunk_tokens: Some(1), max_new_tokens: Some(160), seed: Some(5), ..Default::default() }),
+        ..small(pb::Method::Base, 5)
+    };
+    let started = Instant::now();
+    let mut events = 0;
+    let mut stream = client.generate_stream(stream_req(long())).await.unwrap().into_inner();
+    while let Some(msg) = stream.next().await {
+        msg.unwrap();
+        events += 1;
+    }
+    let normal = started.elapsed();
+    assert!(events > 100, "the search must outrun the stream's buffers to test anything ({events} events)");
+
+    // A client whose HTTP/2 window holds about one event, and which never reads.
+    let slow_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", g.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(64))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = pb::guard_service_client::GuardServiceClient::new(slow_channel);
+    let unread = slow.generate_stream(stream_req(long())).await.unwrap().into_inner();
+
+    // Once that search is over, the one admission slot is free again for everyone else;
+    // without the fix the unread result holds it for good.
+    let until = Instant::now() + normal * 3 + Duration::from_secs(30);
+    loop {
+        match client.generate(small(pb::Method::Base, 1)).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted && Instant::now() < until => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => panic!("the slot stayed taken by a stream nobody reads: {e:?}"),
+        }
+    }
+    // A graceful stop waits for open streams (draining is issue 14's item 7).
+    drop(unread);
+    g.stop().await;
+}

@@ -382,3 +382,69 @@ async fn a_model_that_fails_to_load_ends_the_server_with_the_reason() {
     let err = ended.expect_err("a server without a model must not run on");
     assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
 }
+
+/// An extension whose candidates finish one step apart, so that it streams one message
+/// per step: prefix `i` is `i` tokens longer than the prompt and every prefix stops at the
+/// same sequence length. Latents are returned, so each message is kilobytes.
+fn staggered_request(prompt: &[i32], prefixes: usize) -> pb::ExtendChunkRequest {
+    let filler = *prompt.last().unwrap();
+    let specs = (0..prefixes).map(|i| (prompt.iter().copied().chain(std::iter::repeat_n(filler, i)).collect(), 2)).collect();
+    let mut req = extend_req(specs, prefixes as i32 + 1, 3);
+    req.max_sequence_tokens = (prompt.len() + prefixes) as i32;
+    for p in &mut req.prefixes {
+        p.logit_biases = vec![pb::LogitBias { token_id: 2, bias: -100.0 }];
+    }
+    req
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_never_stalls_the_replica() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let prompt = prompt_ids(&s, CHAT).await;
+    let prefixes = ig_policy::service::STREAM_BUFFER + 6;
+    let (_, stats) = collect(&s, staggered_request(&prompt, prefixes)).await.unwrap();
+    let full = Duration::from_nanos(stats.compute_ns as u64);
+
+    // A client whose HTTP/2 window holds less than one message, and which never reads.
+    let slow_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = ig_proto::v1::policy_service_client::PolicyServiceClient::new(slow_channel);
+    let mut stalled = slow.extend_chunk(staggered_request(&prompt, prefixes)).await.unwrap().into_inner();
+    // Long enough for that extension to have produced every message.
+    tokio::time::sleep(full * 2 + Duration::from_secs(1)).await;
+
+    // Another client on the same replica: without the fix the model thread is parked on
+    // the slow stream and this runs into its deadline.
+    let other = async {
+        let mut raw = ig_proto::v1::policy_service_client::PolicyServiceClient::connect(format!("http://{}", s.addr)).await?;
+        let mut stream = raw.extend_chunk(extend_req(vec![(prompt.clone(), 1)], 4, 0)).await?.into_inner();
+        let mut last = None;
+        while let Some(msg) = stream.next().await {
+            last = Some(msg?);
+        }
+        Ok::<_, Box<dyn std::error::Error>>(last.and_then(|m| m.stats))
+    };
+    let stats = tokio::time::timeout(full * 2 + Duration::from_secs(30), other)
+        .await
+        .expect("the other client's extension waited behind the client that stopped reading")
+        .expect("the other client's extension must complete");
+    assert!(stats.is_some(), "the other client's extension must end with its stats");
+
+    // The slow client, reading at last, finds its extension dropped with the reason.
+    let mut outcome = Ok(0);
+    while let Some(msg) = stalled.next().await {
+        match msg {
+            Ok(_) => outcome = outcome.map(|n| n + 1),
+            Err(e) => outcome = Err(e),
+        }
+    }
+    let err = outcome.expect_err("a stream nobody read must be dropped");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("stream buffer"), "{err:?}");
+    s.stop().await;
+}

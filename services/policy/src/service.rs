@@ -27,25 +27,57 @@ use crate::validate;
 /// Name of the service in `grpc.health.v1`.
 pub const SERVICE_NAME: &str = "inferenceguard.v1.PolicyService";
 
-/// Candidates buffered per stream before the model thread waits for the client.
-const STREAM_BUFFER: usize = 16;
+/// Messages buffered per stream for a client that reads slowly. One more slot stays free
+/// for the stream's last message, so the model thread never waits for a client: a stream
+/// whose buffer is full is dropped with RESOURCE_EXHAUSTED and its run stops.
+pub const STREAM_BUFFER: usize = 16;
 
 type ExtendMessage = Result<pb::ExtendChunkResponse, Status>;
 
-/// Streams one extension's candidates, then its stats or error, to the client.
+/// Streams one extension's candidates, then its stats or error, to the client. Runs on
+/// the model thread, so it only ever `try_send`s.
 struct StreamSink {
     tx: mpsc::Sender<ExtendMessage>,
     seed: u64,
+    /// The client stopped reading: the run is dropped and nothing more is sent.
+    stalled: bool,
+    /// The last message went out (or the client left).
+    finished: bool,
+}
+
+impl StreamSink {
+    fn new(seed: u64) -> (Self, mpsc::Receiver<ExtendMessage>) {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER + 1);
+        (Self { tx, seed, stalled: false, finished: false }, rx)
+    }
 }
 
 impl ExtendSink for StreamSink {
     fn candidates(&mut self, batch: Vec<Candidate>) {
+        if self.stalled {
+            return;
+        }
+        if self.tx.capacity() <= 1 {
+            // The last free slot carries the error; `gone` now stops the run.
+            self.stalled = true;
+            metrics::counter!("ig_policy_stalled_streams_total").increment(1);
+            tracing::warn!(buffered = STREAM_BUFFER, "a client stopped reading its extension; the extension is dropped");
+            let m = format!(
+                "the client did not read its stream: {STREAM_BUFFER} messages were waiting (the stream buffer), so the extension was dropped"
+            );
+            let _ = self.tx.try_send(Err(Status::resource_exhausted(m)));
+            return;
+        }
         let msg = pb::ExtendChunkResponse { candidates: batch.into_iter().map(candidate_to_proto).collect(), stats: None };
         // A failed send means the client left; the batcher sees `gone` and stops the run.
-        let _ = self.tx.blocking_send(Ok(msg));
+        let _ = self.tx.try_send(Ok(msg));
     }
 
-    fn done(self: Box<Self>, result: Result<(ExtendStats, Duration), RoleError>) {
+    fn done(mut self: Box<Self>, result: Result<(ExtendStats, Duration), RoleError>) {
+        self.finished = true;
+        if self.stalled {
+            return;
+        }
         let last = match result {
             Ok((stats, queued)) => {
                 metrics::counter!("ig_policy_generated_tokens_total").increment(stats.generated_tokens);
@@ -75,11 +107,24 @@ impl ExtendSink for StreamSink {
                 Err(role_status(e))
             }
         };
-        let _ = self.tx.blocking_send(last);
+        // The slot kept free by `candidates` takes it.
+        let _ = self.tx.try_send(last);
     }
 
     fn gone(&self) -> bool {
-        self.tx.is_closed()
+        self.stalled || self.tx.is_closed()
+    }
+}
+
+impl Drop for StreamSink {
+    /// A run dropped without `done` (the model thread panicked mid-batch) still ends its
+    /// stream with an error rather than a silent end the client could take for success.
+    fn drop(&mut self) {
+        if !self.finished && !self.stalled {
+            let _ = self.tx.try_send(Err(role_status(RoleError::Internal(
+                "the extension ended without a result: the model thread failed while running it".into(),
+            ))));
+        }
     }
 }
 
@@ -242,11 +287,10 @@ impl<B: PolicyBackend> PolicyService for PolicyServer<B> {
         let request = validate::extend(req.into_inner(), info, &self.limits, rand::random()).map_err(role_status)?;
         let candidates = request.candidate_count();
         tracing::debug!(prefixes = request.prefixes.len(), candidates, chunk = request.chunk_tokens, "extend");
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let seed = request.sampling.seed;
+        let (sink, rx) = StreamSink::new(request.sampling.seed);
         let kv_bytes = request.kv_cache_bytes(info.kv_bytes_per_position);
         self.batcher
-            .submit(ExtendJob { request, kv_bytes, deadline, sink: Box::new(StreamSink { tx, seed }) })
+            .submit(ExtendJob { request, kv_bytes, deadline, sink: Box::new(sink) })
             .map_err(role_status)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

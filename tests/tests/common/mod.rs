@@ -156,6 +156,11 @@ pub struct GuardUnderTest {
 impl GuardUnderTest {
     /// Starts an orchestrator over `registry` (TOML), re-reading it every 100 ms.
     pub async fn start(registry: &str) -> Self {
+        Self::start_with(registry, |_| {}).await
+    }
+
+    /// [`GuardUnderTest::start`] with some of the orchestrator's flags changed.
+    pub async fn start_with(registry: &str, configure: impl FnOnce(&mut ig_orchestrator::OrchestratorArgs)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.toml");
         std::fs::write(&path, registry).unwrap();
@@ -164,6 +169,7 @@ impl GuardUnderTest {
         let mut args = ig_orchestrator::OrchestratorArgs::with_registry(&path, addr);
         args.registry_poll_seconds = 0.1;
         args.health_interval_seconds = 0.2;
+        configure(&mut args);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(ig_orchestrator::run(args, listener, async move {
             let _ = stopped.await;
