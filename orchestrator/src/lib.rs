@@ -20,6 +20,7 @@ pub mod in_process;
 pub mod mesh;
 pub mod policy_client;
 pub mod registry;
+pub mod reply_check;
 pub mod rollout;
 pub mod scorer_client;
 pub mod search;

@@ -18,6 +18,7 @@ use ig_proto::v1::scorer_service_client::ScorerServiceClient;
 use tonic::{Code, Status};
 
 use crate::registry::{Entry, Replica};
+use crate::reply_check::{self, BadReply, ExtendCheck};
 use crate::search::{Chunk, ChunkStream, CriticPoint, CriticRole, Decoded, ExtendCall, Finish, LatentStep, NextToken, PolicyRole, ScorerRole};
 
 /// Largest message the orchestrator reads from a role.
@@ -38,9 +39,15 @@ pub fn role_error(what: &str, s: &Status) -> RoleError {
     }
 }
 
-/// Whether another replica may succeed where this one failed.
+/// Whether another replica may succeed where this one failed: it was down, full, or
+/// answered something [`reply_check`] refused ([`bad_reply`]).
 fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::ResourceExhausted)
+    matches!(s.code(), Code::Unavailable | Code::ResourceExhausted | Code::DataLoss)
+}
+
+/// A reply that failed its check, as the status of the call that got it.
+fn bad_reply(m: BadReply) -> Status {
+    Status::data_loss(format!("bad reply: {m}"))
 }
 
 /// Runs `call` on the entry's replicas in turn until one answers; the error
@@ -71,6 +78,27 @@ where
         entry.role.as_str(),
         entry.name
     )))
+}
+
+/// `stream` as long as [`ExtendCheck`] accepts it; then one error naming `what`, and the end.
+fn checked(
+    stream: futures::stream::BoxStream<'static, Result<pb::ExtendChunkResponse, RoleError>>,
+    check: ExtendCheck,
+    what: String,
+) -> impl futures::Stream<Item = Result<pb::ExtendChunkResponse, RoleError>> {
+    let bad = move |m: BadReply| RoleError::Internal(format!("{what}: bad reply to ExtendChunk: {m}"));
+    futures::stream::unfold(Some((stream, check, bad)), |state| async move {
+        let (mut stream, mut check, bad) = state?;
+        let verdict = match stream.next().await {
+            Some(Ok(msg)) => check.message(&msg).map(|()| msg).map_err(&bad),
+            Some(Err(e)) => Err(e),
+            None => return check.end().err().map(|m| (Err(bad(m)), None)),
+        };
+        match verdict {
+            Ok(msg) => Some((Ok(msg), Some((stream, check, bad)))),
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
 
 /// A request with the time left to `deadline` as its gRPC timeout.
@@ -135,6 +163,16 @@ impl MeshPolicy {
     /// The policy of `entry` until `deadline`.
     pub fn new(entry: Arc<Entry>, meta: PolicyMeta, deadline: Instant) -> Self {
         Self { entry, meta, deadline }
+    }
+
+    /// Token ids the policy's replies may carry: `0..vocab`.
+    fn vocab(&self) -> usize {
+        self.meta.info.vocab_size.max(0) as usize
+    }
+
+    /// Values in each of its latents.
+    fn latent_dim(&self) -> usize {
+        self.meta.info.latent_dim.max(0) as usize
     }
 
     /// Renders a conversation with the policy's chat template.
@@ -238,8 +276,14 @@ impl PolicyRole for MeshPolicy {
                     s.map_err(move |st| role_error(&what, &st))
                 })
             };
-            let stream = futures::stream::once(started)
-                .try_flatten()
+            let what = format!("policy model {:?}", self.entry.name);
+            let check = ExtendCheck::new(
+                call.prefixes[range.clone()].iter().map(|p| p.children).collect(),
+                call.chunk_tokens,
+                self.vocab(),
+                call.with_latents.then_some(self.latent_dim()),
+            );
+            let stream = checked(futures::stream::once(started).try_flatten().boxed(), check, what)
                 .map_ok(move |msg: pb::ExtendChunkResponse| {
                     msg.candidates
                         .into_iter()
@@ -270,9 +314,17 @@ impl PolicyRole for MeshPolicy {
             k: k as i32,
             omit_latents: true,
         };
+        let vocab = self.vocab();
         let resp = with_failover(&self.entry, self.entry.replicas_to_try(), |r| {
             let req = req.clone();
-            async move { Ok(PolicyServiceClient::new(r.channel.clone()).top_k_next(timed(req, deadline)).await?.into_inner()) }
+            async move {
+                let resp = PolicyServiceClient::new(r.channel.clone()).top_k_next(timed(req.clone(), deadline)).await?.into_inner();
+                reply_check::count("results", req.sequences.len(), resp.results.len()).map_err(bad_reply)?;
+                for (i, n) in resp.results.iter().enumerate() {
+                    reply_check::next_tokens(i, n, k, vocab).map_err(bad_reply)?;
+                }
+                Ok(resp)
+            }
         })
         .await?;
         Ok(resp
@@ -293,18 +345,21 @@ impl PolicyRole for MeshPolicy {
             k: 1,
             omit_latents: false,
         };
+        let dim = self.latent_dim();
         let resp = with_failover(&self.entry, self.entry.replicas_to_try(), |r| {
             let req = req.clone();
             async move {
                 let mut c = PolicyServiceClient::new(r.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
-                Ok(c.top_k_next(timed(req, deadline)).await?.into_inner())
+                let resp = c.top_k_next(timed(req.clone(), deadline)).await?.into_inner();
+                reply_check::count("results", req.sequences.len(), resp.results.len()).map_err(bad_reply)?;
+                for (i, n) in resp.results.iter().enumerate() {
+                    reply_check::latent(&format!("results[{i}].latent"), n.latent.as_ref(), dim).map_err(bad_reply)?;
+                }
+                Ok(resp)
             }
         })
         .await?;
-        resp.results
-            .into_iter()
-            .map(|n| n.latent.map(|l| l.values).ok_or_else(|| RoleError::Internal("TopKNext returned no latent".into())))
-            .collect()
+        Ok(resp.results.into_iter().map(|n| n.latent.map(|l| l.values).unwrap_or_default()).collect())
     }
 
     async fn decode_from_latents(&self, steps: Vec<LatentStep>, temperature: f32, top_p: f32) -> Result<Vec<Decoded>, RoleError> {
@@ -324,11 +379,18 @@ impl PolicyRole for MeshPolicy {
             max_sequence_tokens: 0,
             omit_next_latents: false,
         };
+        let (vocab, dim) = (self.vocab(), self.latent_dim());
         let resp = with_failover(&self.entry, self.entry.replicas_to_try(), |r| {
             let req = req.clone();
             async move {
                 let mut c = PolicyServiceClient::new(r.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
-                Ok(c.decode_from_latent(timed(req, deadline)).await?.into_inner())
+                let resp = c.decode_from_latent(timed(req.clone(), deadline)).await?.into_inner();
+                reply_check::count("results", req.items.len(), resp.results.len()).map_err(bad_reply)?;
+                for (i, t) in resp.results.iter().enumerate() {
+                    reply_check::token(&format!("results[{i}].token_id"), t.token_id, vocab).map_err(bad_reply)?;
+                    reply_check::latent(&format!("results[{i}].next_latent"), t.next_latent.as_ref(), dim).map_err(bad_reply)?;
+                }
+                Ok(resp)
             }
         })
         .await?;
@@ -399,8 +461,9 @@ impl CriticRole for MeshCritic {
         in_parts(&self.entry, items.len(), self.max_items, |range, r| {
             let req = pb::EvaluateRequest { policy_model_id: self.policy_model_id.clone(), items: items[range].to_vec() };
             async move {
-                let values = CriticServiceClient::new(r.channel.clone()).evaluate(timed(req, deadline)).await?.into_inner().values;
-                Ok(values.into_iter().map(f64::from).collect())
+                let values: Vec<f64> = CriticServiceClient::new(r.channel.clone()).evaluate(timed(req, deadline)).await?.into_inner().values.into_iter().map(f64::from).collect();
+                reply_check::finite("values", values.iter().copied()).map_err(bad_reply)?;
+                Ok(values)
             }
         })
         .await
@@ -410,10 +473,15 @@ impl CriticRole for MeshCritic {
         let items = Self::items(&points);
         let deadline = self.deadline;
         in_parts(&self.entry, items.len(), self.max_items, |range, r| {
+            let dims: Vec<usize> = points[range.clone()].iter().map(|(h, _)| h.len()).collect();
             let req = pb::AscendRequest { policy_model_id: self.policy_model_id.clone(), items: items[range].to_vec(), steps: steps as i32, step_size };
             async move {
                 let mut c = CriticServiceClient::new(r.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
                 let results = c.ascend(timed(req, deadline)).await?.into_inner().results;
+                reply_check::count("results", dims.len(), results.len()).map_err(bad_reply)?;
+                for (i, (a, &dim)) in results.iter().zip(&dims).enumerate() {
+                    reply_check::latent(&format!("results[{i}].latent"), a.latent.as_ref(), dim).map_err(bad_reply)?;
+                }
                 Ok(results.into_iter().map(|a| a.latent.map(|l| l.values).unwrap_or_default()).collect())
             }
         })
@@ -468,16 +536,21 @@ impl ScorerRole for MeshScorer {
                 .collect();
             async move {
                 let results = ScorerServiceClient::new(r.channel.clone()).score(timed(pb::ScoreRequest { items }, deadline)).await?.into_inner().results;
-                // Results carry their item's id: place each by it.
-                let mut scores = vec![f64::NAN; range.len()];
+                // Results carry their item's id: place each by it, once.
+                reply_check::count("scores", range.len(), results.len()).map_err(bad_reply)?;
+                let mut scores: Vec<Option<f64>> = vec![None; range.len()];
                 for s in results {
-                    if let Some(slot) = (s.item_id as usize).checked_sub(range.start).and_then(|k| scores.get_mut(k)) {
-                        *slot = s.score as f64;
+                    let slot = usize::try_from(s.item_id)
+                        .ok()
+                        .and_then(|id| id.checked_sub(range.start))
+                        .and_then(|k| scores.get_mut(k))
+                        .ok_or_else(|| bad_reply(format!("item_id {} was not asked for (asked {:?})", s.item_id, range)))?;
+                    if slot.replace(f64::from(s.score)).is_some() {
+                        return Err(bad_reply(format!("item_id {} was scored twice", s.item_id)));
                     }
                 }
-                if scores.iter().any(|s| s.is_nan()) {
-                    return Err(Status::internal("the scorer left items unscored"));
-                }
+                let scores: Vec<f64> = scores.into_iter().map(|s| s.unwrap_or(f64::NAN)).collect();
+                reply_check::finite("scores", scores.iter().copied()).map_err(bad_reply)?;
                 Ok(scores)
             }
         })
