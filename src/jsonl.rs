@@ -1,43 +1,66 @@
 //! Append-only JSONL result files that survive a crash: one finished item per
-//! line, written and flushed as soon as it is done, so a rerun skips it.
+//! line, written in one piece and synced as soon as it is done, so a rerun skips it.
+//!
+//! Only the last line can be torn (a crash mid-write leaves it without its newline):
+//! resuming drops it. Any other line that does not parse is an error naming the file
+//! and the line, and nothing is changed: a file is never cut short to make it readable.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Reads every line of `path` (none if it is missing). A line that does not
-/// parse ends the file: it is the torn write of a crash, and it and anything
-/// after it are cut from the file so the next append starts clean.
+/// Reads every item of `path` (none if it is missing) to resume writing it: a torn last
+/// line is cut from the file so that the next append starts on a line of its own.
 pub fn read_resumable<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
+    read(path, true)
+}
+
+/// Reads every item of `path` without changing it (a torn last line is skipped).
+pub fn read_complete<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
+    read(path, false)
+}
+
+fn read<T: DeserializeOwned>(path: &Path, cut_torn_tail: bool) -> anyhow::Result<Vec<T>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let (mut done, mut good_bytes, mut torn) = (Vec::new(), 0u64, false);
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line?;
-        match serde_json::from_str::<T>(&line) {
-            Ok(item) if !torn => {
-                good_bytes += line.len() as u64 + 1;
-                done.push(item);
-            }
-            _ => torn = true,
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    // Lines end with their newline; what follows the last one is a torn write.
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut items = Vec::new();
+    for (i, line) in bytes[..complete].split_inclusive(|&b| b == b'\n').enumerate() {
+        let line = &line[..line.len() - 1];
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let item = serde_json::from_slice::<T>(line).with_context(|| {
+            format!(
+                "{} line {}: not a record of this version ({} bytes); the file was left as it is. Only a torn last line is dropped: move the file away to start afresh",
+                path.display(),
+                i + 1,
+                line.len()
+            )
+        })?;
+        items.push(item);
+    }
+    if complete < bytes.len() {
+        tracing::warn!(path = %path.display(), kept = items.len(), torn_bytes = bytes.len() - complete, "a torn last line (no newline) is skipped");
+        if cut_torn_tail {
+            std::fs::OpenOptions::new().write(true).open(path)?.set_len(complete as u64)?;
         }
     }
-    if torn {
-        tracing::warn!(path = %path.display(), kept = done.len(), "dropping a torn line at the end of the file");
-        std::fs::OpenOptions::new().write(true).open(path)?.set_len(good_bytes)?;
-    }
-    Ok(done)
+    Ok(items)
 }
 
-/// Appends one item as a line and flushes it to the file.
+/// Appends one item as a line, in one write with its newline, and syncs it to disk.
 pub fn append<T: Serialize>(file: &mut std::fs::File, item: &T) -> anyhow::Result<()> {
-    writeln!(file, "{}", serde_json::to_string(item)?)?;
-    file.flush()?;
+    let mut line = serde_json::to_string(item)?;
+    line.push('\n');
+    file.write_all(line.as_bytes())?;
+    file.sync_data()?;
     Ok(())
 }
 
@@ -81,5 +104,33 @@ mod tests {
         assert_eq!(read_resumable::<i32>(&path).unwrap(), vec![7, 8]);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("r.jsonl")]);
+    }
+
+    #[test]
+    fn only_a_torn_last_line_is_dropped_and_only_when_resuming() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, "1\n2\n{\"torn").unwrap();
+        assert_eq!(read_complete::<i32>(&path).unwrap(), vec![1, 2]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n2\n{\"torn", "a report never writes");
+        assert_eq!(read_resumable::<i32>(&path).unwrap(), vec![1, 2]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n2\n");
+        let mut file = open_append(&path).unwrap();
+        append(&mut file, &3).unwrap();
+        assert_eq!(read_resumable::<i32>(&path).unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_bad_line_before_the_end_is_an_error_and_the_file_is_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        // A line from another version in the middle, and a whole last line that does not parse.
+        for content in ["1\n\"two\"\n3\n4\n", "1\n2\n{\"x\": 1}\n"] {
+            std::fs::write(&path, content).unwrap();
+            let err = format!("{:#}", read_resumable::<i32>(&path).unwrap_err());
+            let line = if content.starts_with("1\n\"") { 2 } else { 3 };
+            assert!(err.contains(&format!("r.jsonl line {line}: not a record of this version")), "{err}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), content, "nothing may be cut");
+        }
     }
 }

@@ -106,7 +106,7 @@ pub struct ReportArgs {
 }
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
-    let records: Vec<EvalRecord> = crate::jsonl::read_resumable(&results_path(&args.out))?;
+    let records: Vec<EvalRecord> = crate::jsonl::read_complete(&results_path(&args.out))?;
     if records.is_empty() {
         anyhow::bail!("--out {}: no results in {}", args.out.display(), results_path(&args.out).display());
     }
