@@ -82,8 +82,11 @@ def registry_problems(text: str) -> list[str]:
                 continue
             for j, ep in enumerate(endpoints):
                 u = urlsplit(ep) if isinstance(ep, str) else None
-                if u is None or u.scheme not in ("http", "https") or not u.hostname:
-                    problems.append(f"{at}.endpoints[{j}]: {ep!r} is not an http:// or https:// URL")
+                if u is not None and u.scheme == "https":
+                    # As the orchestrator: refused rather than dialled in cleartext.
+                    problems.append(f"{at}.endpoints[{j}]: {ep!r}: TLS to roles is not supported yet; use an http:// endpoint")
+                elif u is None or u.scheme != "http" or not u.hostname:
+                    problems.append(f"{at}.endpoints[{j}]: {ep!r} is not an http:// URL")
     for role, names in defaults.items():
         if len(names) > 1:
             problems.append(f"{role} models {', '.join(names)} are all marked default; mark one")

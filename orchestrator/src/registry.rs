@@ -287,8 +287,13 @@ fn parse(text: &str) -> Result<Vec<Parsed>, String> {
                 return Err(format!("{at}.endpoints: at least one endpoint is required"));
             }
             for (j, ep) in e.endpoints.iter().enumerate() {
-                if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.parse::<http::Uri>().is_err() {
-                    return Err(format!("{at}.endpoints[{j}]: {ep:?} is not an http:// or https:// URL"));
+                // TLS to the roles does not exist yet: an https:// endpoint would be dialled in
+                // cleartext, so it is refused rather than trusted.
+                if ep.starts_with("https://") {
+                    return Err(format!("{at}.endpoints[{j}]: {ep:?}: TLS to roles is not supported yet; use an http:// endpoint on the cluster network"));
+                }
+                if !ep.starts_with("http://") || ep.parse::<http::Uri>().is_err() {
+                    return Err(format!("{at}.endpoints[{j}]: {ep:?} is not an http:// URL"));
                 }
             }
             if out.iter().any(|p| p.role == role && p.name == e.name) {
@@ -574,6 +579,7 @@ mod tests {
             ("[[policy]]\nname = \"\"\nendpoints = [\"http://a:1\"]\n", "policy[0].name"),
             ("[[policy]]\nname = \"p\"\nendpoints = []\n", "policy[0].endpoints"),
             ("[[policy]]\nname = \"p\"\nendpoints = [\"a:1\"]\n", "policy[0].endpoints[0]"),
+            ("[[policy]]\nname = \"p\"\nendpoints = [\"https://policy:50051\"]\n", "policy[0].endpoints[0]: \"https://policy:50051\": TLS to roles is not supported yet"),
             ("[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\n[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\n", "policy[1].name"),
             ("[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\ncolour = 1\n", "colour"),
             ("[[critic]]\nname = \"v\"\nendpoints = [\"http://a:1\"]\n", "critic[0].objective"),

