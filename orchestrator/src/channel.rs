@@ -43,13 +43,23 @@ impl ClientError {
     }
 }
 
+/// How often a connection is pinged (HTTP/2 PING), busy or idle.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is dropped. A lost node or a
+/// half-open connection then fails its calls (UNAVAILABLE, so they fail over) within
+/// interval + timeout, instead of hanging until the request's deadline.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`) that connects on
-/// first use.
+/// first use and is kept alive by pings.
 pub fn connect_lazy(endpoint: &str) -> Result<Channel, ClientError> {
     Ok(Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| ClientError::Connect { endpoint: endpoint.into(), message: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_lazy())
 }
 
