@@ -227,6 +227,13 @@ pub struct TopKRequest {
     pub with_latents: bool,
 }
 
+impl TopKRequest {
+    /// KV cache bytes its sequences hold while they are run.
+    pub fn kv_cache_bytes(&self, kv_bytes_per_position: usize) -> usize {
+        self.sequences.iter().map(|s| s.len() * kv_bytes_per_position).sum()
+    }
+}
+
 /// The most likely next tokens of one sequence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NextTokens {

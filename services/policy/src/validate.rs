@@ -158,18 +158,7 @@ pub fn extend(
     let stop_token_ids = parse_ids("stop_token_ids", &req.stop_token_ids, vocab)?;
     let request =
         ExtendRequest { prefixes, chunk_tokens, sampling, stop_token_ids, max_sequence_tokens, with_latents: !req.omit_latents };
-    let kv_bytes = request.kv_cache_bytes(info.kv_bytes_per_position);
-    if kv_bytes > limits.max_kv_cache_bytes {
-        return Err(RoleError::invalid(
-            "prefixes",
-            format!(
-                "the candidates' KV cache (children x (prefix tokens + chunk_tokens) x {} bytes) would take {} MiB, over the server's max_kv_cache_bytes of {} MiB",
-                info.kv_bytes_per_position,
-                kv_bytes >> 20,
-                limits.max_kv_cache_bytes >> 20
-            ),
-        ));
-    }
+    kv_budget("prefixes", "the candidates' KV cache (children x (prefix tokens + chunk_tokens)", request.kv_cache_bytes(info.kv_bytes_per_position), info, limits)?;
     Ok(request)
 }
 
@@ -218,7 +207,26 @@ pub fn top_k(req: pb::TopKNextRequest, info: &PolicyInfo, limits: &PolicyLimits)
             parse_ids(&field, &s.token_ids, info.vocab_size)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(TopKRequest { sequences, k, with_latents: !req.omit_latents })
+    let request = TopKRequest { sequences, k, with_latents: !req.omit_latents };
+    kv_budget("sequences", "the sequences' KV cache (tokens", request.kv_cache_bytes(info.kv_bytes_per_position), info, limits)?;
+    Ok(request)
+}
+
+/// Refuses a request whose own KV cache (`what` … `x bytes per position`) is over the
+/// server's budget: memory is bounded by configuration on every RPC, not by luck.
+fn kv_budget(field: &str, what: &str, kv_bytes: usize, info: &PolicyInfo, limits: &PolicyLimits) -> Result<(), RoleError> {
+    if kv_bytes <= limits.max_kv_cache_bytes {
+        return Ok(());
+    }
+    Err(RoleError::invalid(
+        field,
+        format!(
+            "{what} x {} bytes) would take {} MiB, over the server's max_kv_cache_bytes of {} MiB",
+            info.kv_bytes_per_position,
+            kv_bytes >> 20,
+            limits.max_kv_cache_bytes >> 20
+        ),
+    ))
 }
 
 /// Validates a DecodeFromLatent request.
@@ -280,18 +288,7 @@ pub fn decode_from_latent(
     let stop_token_ids = parse_ids("stop_token_ids", &req.stop_token_ids, info.vocab_size)?;
     let request =
         LatentDecodeRequest { items, sampling, stop_token_ids, max_sequence_tokens, with_next_latents: !req.omit_next_latents };
-    let kv_bytes = request.kv_cache_bytes(info.kv_bytes_per_position);
-    if kv_bytes > limits.max_kv_cache_bytes {
-        return Err(RoleError::invalid(
-            "items",
-            format!(
-                "the items' KV cache ((tokens + 1) x {} bytes each) would take {} MiB, over the server's max_kv_cache_bytes of {} MiB",
-                info.kv_bytes_per_position,
-                kv_bytes >> 20,
-                limits.max_kv_cache_bytes >> 20
-            ),
-        ));
-    }
+    kv_budget("items", "the items' KV cache ((tokens + 1)", request.kv_cache_bytes(info.kv_bytes_per_position), info, limits)?;
     Ok(request)
 }
 
@@ -459,5 +456,14 @@ mod tests {
         assert_eq!(field_of(top_k(r, &info(), &limits).unwrap_err()).0, "k");
         let r = pb::TopKNextRequest { sequences: vec![], k: 1, omit_latents: false };
         assert_eq!(field_of(top_k(r, &info(), &limits).unwrap_err()).0, "sequences");
+        // The KV budget holds here as on every RPC: 4 sequences x 3 tokens x 1 KiB > 10 KiB.
+        let over_kv = PolicyLimits { max_kv_cache_bytes: 10 * 1024, ..Default::default() };
+        let seq = || pb::SequenceToScore { token_ids: vec![1, 2, 3] };
+        let r = pb::TopKNextRequest { sequences: vec![seq(), seq(), seq(), seq()], k: 1, omit_latents: false };
+        let (f, m) = field_of(top_k(r.clone(), &info(), &over_kv).unwrap_err());
+        assert_eq!(f, "sequences");
+        assert!(m.contains("max_kv_cache_bytes"), "{m}");
+        let r = pb::TopKNextRequest { sequences: r.sequences[..3].to_vec(), ..r };
+        top_k(r, &info(), &over_kv).unwrap();
     }
 }
