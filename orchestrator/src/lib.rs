@@ -82,6 +82,9 @@ pub struct OrchestratorArgs {
     /// Largest request message, in bytes.
     #[arg(long, env = "IG_MAX_MESSAGE_BYTES", default_value_t = GuardLimits::default().max_message_bytes)]
     pub max_message_bytes: usize,
+    /// How the server stops on SIGTERM.
+    #[command(flatten)]
+    pub drain: ig_serve::DrainArgs,
 }
 
 impl OrchestratorArgs {
@@ -114,6 +117,7 @@ impl OrchestratorArgs {
         let mut args = DefaultsOnly::parse_from(["ig-orchestrator", "--registry", "x"]).args;
         args.registry = registry.to_path_buf();
         args.listen = listen;
+        args.drain = ig_serve::DrainArgs::immediate();
         args
     }
 }
@@ -133,5 +137,5 @@ pub async fn run(args: OrchestratorArgs, listener: TcpListener, shutdown: impl F
     let service = GuardServiceServer::new(server).max_decoding_message_size(max_message).max_encoding_message_size(usize::MAX);
     // Nothing to load: the orchestrator serves as soon as it listens.
     let (_ready, state) = tokio::sync::watch::channel(EngineState::Ready);
-    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![guard::SERVICE_NAME]), shutdown).await
+    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![guard::SERVICE_NAME]).with_drain(&args.drain)?, shutdown).await
 }

@@ -448,3 +448,60 @@ async fn a_client_that_stops_reading_is_dropped_and_never_stalls_the_replica() {
     assert!(err.message().contains("stream buffer"), "{err:?}");
     s.stop().await;
 }
+
+async fn health_status(addr: std::net::SocketAddr) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let req = tonic_health::pb::HealthCheckRequest { service: ig_policy::SERVICE_NAME.into() };
+    health.check(req).await.map(|r| r.into_inner().status()).unwrap_or(ServingStatus::Unknown)
+}
+
+#[tokio::test]
+async fn a_stopping_server_says_not_serving_takes_calls_for_the_delay_and_finishes_those_in_flight() {
+    let mut s = PolicyUnderTest::ready(&["--drain-delay-seconds", "3"]).await;
+    let prompt = prompt_ids(&s, CHAT).await;
+    let mut in_flight = s.client.extend_chunk(long_request_of(prompt.clone(), 60)).await.unwrap();
+    s.begin_stop();
+    let started = std::time::Instant::now();
+    while health_status(s.addr).await != ServingStatus::NotServing {
+        assert!(started.elapsed() < Duration::from_secs(2), "health must say NOT_SERVING as soon as the stop begins");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // During the delay a new connection still gets its call answered (clients and the
+    // endpoints controller have not all seen NOT_SERVING yet).
+    let ids = prompt_ids(&s, "still here").await;
+    assert!(!ids.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(3), "the test ran past the drain delay; nothing was shown");
+    // The call in flight finishes whole.
+    let mut stats = None;
+    while let Some(msg) = in_flight.next().await {
+        stats = msg.expect("an extension in flight completes during the drain").stats.or(stats);
+    }
+    assert!(stats.is_some(), "the extension in flight ends with its stats");
+    s.finished().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_nobody_reads_cannot_hold_a_stopping_server_past_its_drain_timeout() {
+    let mut s = PolicyUnderTest::ready(&["--drain-timeout-seconds", "2"]).await;
+    let prompt = prompt_ids(&s, CHAT).await;
+    let prefixes = ig_policy::service::STREAM_BUFFER + 6;
+    let (_, stats) = collect(&s, staggered_request(&prompt, prefixes)).await.unwrap();
+    let full = Duration::from_nanos(stats.compute_ns as u64);
+    let slow_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = ig_proto::v1::policy_service_client::PolicyServiceClient::new(slow_channel);
+    let unread = slow.extend_chunk(staggered_request(&prompt, prefixes)).await.unwrap().into_inner();
+    tokio::time::sleep(full * 2 + Duration::from_secs(1)).await;
+    s.begin_stop();
+    // Without the timeout, the graceful stop waits for that stream for ever.
+    tokio::time::timeout(Duration::from_secs(30), s.finished())
+        .await
+        .expect("a stream nobody reads held the server past its drain timeout")
+        .unwrap();
+    drop(unread);
+}

@@ -57,6 +57,9 @@ pub struct CriticArgs {
     /// before decoding them). The default fits max_items latents of a 4096-d policy.
     #[arg(long, env = "IG_MAX_MESSAGE_BYTES", default_value_t = CriticLimits::default().max_message_bytes)]
     pub max_message_bytes: usize,
+    /// How the server stops on SIGTERM.
+    #[command(flatten)]
+    pub drain: ig_serve::DrainArgs,
 }
 
 impl CriticArgs {
@@ -107,7 +110,7 @@ pub async fn serve<B: CriticBackend>(
     let decoding_cap = limits.max_message_bytes;
     let server = CriticServer::new(engine, limits);
     let service = CriticServiceServer::new(server).max_decoding_message_size(decoding_cap).max_encoding_message_size(usize::MAX);
-    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![SERVICE_NAME]), shutdown).await
+    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![SERVICE_NAME]).with_drain(&args.drain)?, shutdown).await
 }
 
 #[derive(clap::Parser)]
@@ -124,6 +127,7 @@ impl CriticArgs {
         let mut args = DefaultsOnly::parse_from(["ig-critic", "--model", "x"]).args;
         args.model = model.to_path_buf();
         args.listen = listen;
+        args.drain = ig_serve::DrainArgs::immediate();
         args
     }
 }

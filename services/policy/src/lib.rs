@@ -83,6 +83,9 @@ pub struct PolicyArgs {
     /// Byte budget of the KV cache of all extensions in flight, in MiB.
     #[arg(long, env = "IG_KV_CACHE_MB", default_value_t = PolicyLimits::default().max_kv_cache_bytes >> 20)]
     pub kv_cache_mb: usize,
+    /// How the server stops on SIGTERM.
+    #[command(flatten)]
+    pub drain: ig_serve::DrainArgs,
 }
 
 impl PolicyArgs {
@@ -145,7 +148,7 @@ pub async fn run(args: PolicyArgs, listener: TcpListener, shutdown: impl Future<
         listener,
         tonic::service::Routes::new(service),
         state,
-        ServeOptions::new(vec![SERVICE_NAME]),
+        ServeOptions::new(vec![SERVICE_NAME]).with_drain(&args.drain)?,
         shutdown,
     )
     .await

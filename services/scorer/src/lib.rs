@@ -77,6 +77,9 @@ pub struct ScorerArgs {
     /// Items in flight per ScoreStream before the server stops reading it.
     #[arg(long, env = "IG_MAX_INFLIGHT_ITEMS", default_value_t = ScorerLimits::default().max_inflight_items)]
     pub max_inflight_items: usize,
+    /// How the server stops on SIGTERM.
+    #[command(flatten)]
+    pub drain: ig_serve::DrainArgs,
 }
 
 impl ScorerArgs {
@@ -136,7 +139,7 @@ pub async fn serve<B: ScorerBackend>(
     let state = engine.watch_state();
     let server = ScorerServer::new(engine, limits, args.max_batch_items, args.queue_depth);
     let service = ScorerServiceServer::new(server).max_decoding_message_size(transport_cap).max_encoding_message_size(usize::MAX);
-    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![SERVICE_NAME]), shutdown).await
+    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![SERVICE_NAME]).with_drain(&args.drain)?, shutdown).await
 }
 
 #[derive(clap::Parser)]
@@ -153,6 +156,7 @@ impl ScorerArgs {
         let mut args = DefaultsOnly::parse_from(["ig-scorer", "--model", "x"]).args;
         args.model = model.to_path_buf();
         args.listen = listen;
+        args.drain = ig_serve::DrainArgs::immediate();
         args
     }
 }

@@ -22,5 +22,5 @@ pub mod status;
 pub mod telemetry;
 
 pub use engine::Engine;
-pub use server::{serve, ServeOptions};
+pub use server::{serve, DrainArgs, ServeOptions};
 pub use status::{deadline_of, role_status, within_deadline};

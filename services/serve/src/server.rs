@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use clap::Args;
+
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -21,17 +23,67 @@ pub struct ServeOptions {
     pub max_concurrent_streams: u32,
     /// Interval of HTTP/2 keep-alive pings (detects dead clients).
     pub keepalive: Duration,
+    /// After the shutdown signal, how long the listener still accepts calls while health
+    /// already says NOT_SERVING.
+    pub drain_delay: Duration,
+    /// Then, how long calls in flight may take to finish before they are cut.
+    pub drain_timeout: Duration,
 }
 
 impl ServeOptions {
-    /// Defaults for the given health service names.
+    /// Defaults for the given health service names (no drain delay: nothing to wait for
+    /// on loopback).
     pub fn new(service_names: Vec<&'static str>) -> Self {
-        Self { service_names, max_concurrent_streams: 1024, keepalive: Duration::from_secs(30) }
+        Self {
+            service_names,
+            max_concurrent_streams: 1024,
+            keepalive: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// With the drain of `drain`'s flags.
+    pub fn with_drain(self, drain: &DrainArgs) -> anyhow::Result<Self> {
+        Ok(Self { drain_delay: drain.delay()?, drain_timeout: drain.timeout()?, ..self })
+    }
+}
+
+/// How a role stops on SIGTERM: health goes NOT_SERVING at once while the listener keeps
+/// accepting calls for the drain delay (time for Kubernetes to take the pod out of its
+/// endpoints and for clients to see it), then the listener closes and the calls in flight
+/// get the drain timeout to finish; whatever is still open is then cut, so a client that
+/// never reads cannot keep a pod from stopping. Delay + timeout must stay under the pod's
+/// `terminationGracePeriodSeconds`.
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// Seconds between NOT_SERVING and closing the listener.
+    #[arg(long, env = "IG_DRAIN_DELAY_SECONDS", default_value_t = 5.0)]
+    pub drain_delay_seconds: f64,
+    /// Seconds calls in flight get to finish once the listener is closed.
+    #[arg(long, env = "IG_DRAIN_TIMEOUT_SECONDS", default_value_t = 20.0)]
+    pub drain_timeout_seconds: f64,
+}
+
+impl DrainArgs {
+    /// No delay (in-process and loopback servers) and the default timeout.
+    pub fn immediate() -> Self {
+        Self { drain_delay_seconds: 0.0, drain_timeout_seconds: 20.0 }
+    }
+
+    fn delay(&self) -> anyhow::Result<Duration> {
+        Duration::try_from_secs_f64(self.drain_delay_seconds)
+            .map_err(|_| anyhow::anyhow!("--drain-delay-seconds: must be a number >= 0, got {}", self.drain_delay_seconds))
+    }
+
+    fn timeout(&self) -> anyhow::Result<Duration> {
+        Duration::try_from_secs_f64(self.drain_timeout_seconds)
+            .map_err(|_| anyhow::anyhow!("--drain-timeout-seconds: must be a number >= 0, got {}", self.drain_timeout_seconds))
     }
 }
 
 /// Serves `routes` with `grpc.health.v1` and server reflection on `listener`
-/// until `shutdown` resolves, then drains in-flight calls.
+/// until `shutdown` resolves, then drains ([`DrainArgs`]).
 ///
 /// Health: the role's services report NOT_SERVING until `state` becomes
 /// [`EngineState::Ready`], and again once shutdown begins.
@@ -76,25 +128,42 @@ pub async fn serve(
     let failed = async move {
         let _ = watch_failure.wait_for(|s| matches!(s, EngineState::Failed(_))).await;
     };
+    let (delay, timeout) = (opts.drain_delay, opts.drain_timeout);
+    let (closing, closed) = tokio::sync::oneshot::channel::<()>();
     let drain = async move {
-        tokio::select! {
-            _ = shutdown => {},
-            _ = failed => {},
-        }
-        tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+        let failed = tokio::select! {
+            _ = shutdown => false,
+            _ = failed => true,
+        };
+        tracing::info!(delay = ?delay, timeout = ?timeout, "shutting down: health NOT_SERVING; the listener closes after the delay, then calls in flight get the timeout");
         for name in &names {
             reporter.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
         }
+        if !failed {
+            tokio::time::sleep(delay).await;
+        }
+        let _ = closing.send(());
     };
-    Server::builder()
+    let server = Server::builder()
         .trace_fn(crate::telemetry::request_span)
         .max_concurrent_streams(opts.max_concurrent_streams)
         .http2_keepalive_interval(Some(opts.keepalive))
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+    // Once the listener is closed, calls in flight get `timeout`; then the server future is
+    // dropped, which closes their connections.
+    let cut = async move {
+        match closed.await {
+            Ok(()) => tokio::time::sleep(timeout).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = server => served?,
+        _ = cut => tracing::warn!(timeout = ?timeout, "calls still in flight after the drain timeout are cut"),
+    }
     match &*state.borrow() {
         EngineState::Failed(m) => Err(anyhow::anyhow!("the model failed to load: {m}")),
         _ => Ok(()),

@@ -28,9 +28,12 @@ pub struct PolicyUnderTest {
 }
 
 impl PolicyUnderTest {
-    /// Starts the demo policy (f32) with extra flags; does not wait for readiness.
+    /// Starts the demo policy (f32, no drain delay) with extra flags; does not wait for readiness.
     pub async fn start(extra: &[&str]) -> Self {
         let mut argv = vec!["ig-policy", "--dtype", "f32"];
+        if !extra.contains(&"--drain-delay-seconds") {
+            argv.extend_from_slice(&["--drain-delay-seconds", "0"]);
+        }
         argv.extend_from_slice(extra);
         let args = Wrap::parse_from(argv).policy;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -53,6 +56,13 @@ impl PolicyUnderTest {
     /// Waits for the server task to end on its own and returns its result.
     pub async fn finished(mut self) -> anyhow::Result<()> {
         self.task.take().unwrap().await.unwrap()
+    }
+
+    /// Sends the shutdown signal without waiting (see [`PolicyUnderTest::finished`]).
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 
     /// Stops the server and waits for it to drain.
