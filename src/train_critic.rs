@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ig_orchestrator::mesh::{policy_meta, scorer_info, MeshPolicy, MeshScorer};
-use ig_orchestrator::registry::{EntryRole, Registry};
+use ig_orchestrator::mesh::{policy_meta, scorer_info, MeshPolicy, MeshScorer, PolicyMeta};
+use ig_orchestrator::registry::{Entry, EntryRole, Registry};
 use ig_orchestrator::rollout::{roll_out, Rollout, RolloutParams};
 use ig_core::critic::CriticObjective;
 use ig_models::critic::CriticMeta;
@@ -60,6 +60,10 @@ pub struct TrainCriticArgs {
     /// Prompts rolled out at once (their rows share the policy's forward passes).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Deadline of one prompt's rollouts, in seconds: every call they make carries the
+    /// time left to it, so a role that stops answering fails the run instead of hanging it.
+    #[arg(long, default_value_t = 600.0)]
+    prompt_timeout_seconds: f64,
     /// Softmax temperature of the rollouts (the search's).
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
@@ -134,12 +138,30 @@ pub struct PromptRollouts {
 
 /// The roles of one registry: policy, cost and reward models by name.
 struct MeshRoles {
-    policy: Arc<MeshPolicy>,
-    roles: Roles,
+    policy: Arc<Entry>,
+    meta: PolicyMeta,
+    cost: (Arc<Entry>, pb::ScorerInfoResponse),
+    reward: (Arc<Entry>, pb::ScorerInfoResponse),
     header: RolloutHeader,
     max_sequence_tokens: usize,
     max_logit_biases: usize,
 }
+
+impl MeshRoles {
+    /// The roles for work that must end by `deadline` (each call carries the time left).
+    fn until(&self, deadline: Instant) -> (MeshPolicy, Roles) {
+        let policy = || MeshPolicy::new(self.policy.clone(), self.meta.clone(), deadline);
+        let roles = Roles::new(
+            Arc::new(policy()),
+            Arc::new(MeshScorer::with_info(self.cost.0.clone(), &self.cost.1, deadline)),
+            Arc::new(MeshScorer::with_info(self.reward.0.clone(), &self.reward.1, deadline)),
+        );
+        (policy(), roles)
+    }
+}
+
+/// How long the set-up calls (Info of each role) may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn mesh_roles(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Result<MeshRoles> {
     let snapshot = registry.snapshot();
@@ -149,22 +171,15 @@ async fn mesh_roles(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Resu
         resolve(EntryRole::Cost, &args.cost_name)?,
         resolve(EntryRole::Reward, &args.reward_name)?,
     );
-    // Each call carries its own timeout; rollouts of one prompt take seconds.
-    let deadline = Instant::now() + Duration::from_secs(7 * 24 * 3600);
+    let deadline = Instant::now() + SETUP_TIMEOUT;
     let meta = policy_meta(&policy_entry, deadline).await?;
     let info = meta.info.clone();
-    let limits = info.limits.unwrap_or_default();
+    let limits = info.limits.clone().unwrap_or_default();
     let (cost_info, reward_info) = tokio::try_join!(scorer_info(&cost_entry, deadline), scorer_info(&reward_entry, deadline))?;
-    let policy = Arc::new(MeshPolicy::new(policy_entry, meta, deadline));
-    let roles = Roles::new(
-        policy.clone(),
-        Arc::new(MeshScorer::with_info(cost_entry, &cost_info, deadline)),
-        Arc::new(MeshScorer::with_info(reward_entry, &reward_info, deadline)),
-    );
     let header = RolloutHeader {
         policy_model_id: info.model_id.clone(),
-        cost_model_id: cost_info.model_id,
-        reward_model_id: reward_info.model_id,
+        cost_model_id: cost_info.model_id.clone(),
+        reward_model_id: reward_info.model_id.clone(),
         latent_dim: info.latent_dim as usize,
         samples: args.samples,
         chunk_tokens: args.chunk_tokens,
@@ -174,8 +189,10 @@ async fn mesh_roles(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Resu
         safety_budget: args.safety_budget,
     };
     Ok(MeshRoles {
-        policy,
-        roles,
+        policy: policy_entry,
+        meta,
+        cost: (cost_entry, cost_info),
+        reward: (reward_entry, reward_info),
         header,
         max_sequence_tokens: limits.max_sequence_tokens.max(2) as usize,
         max_logit_biases: limits.max_logit_biases.max(0) as usize,
@@ -230,20 +247,25 @@ async fn collect(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Result<
     let todo: Vec<(u64, &CriticPrompt)> =
         prompts.iter().filter(|p| !done.iter().any(|d| d.prompt == p.text)).map(|p| (prompt_id(&p.text), p)).collect();
     bar.set_position((prompts.len() - todo.len()) as u64);
+    let prompt_timeout = Duration::try_from_secs_f64(args.prompt_timeout_seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--prompt-timeout-seconds: must be > 0, got {}", args.prompt_timeout_seconds))?;
     // Several prompts at once: their rows share the policy's forward passes.
     let mut running = futures::stream::iter(todo)
         .map(|(id, p)| {
             let (mesh, params) = (&mesh, &params);
             async move {
+                let (policy, roles) = mesh.until(Instant::now() + prompt_timeout);
                 let messages = vec![pb::ChatMessage { role: "user".into(), content: p.text.clone() }];
-                let token_ids = mesh.policy.render_chat(messages).await?.token_ids;
+                let token_ids = policy.render_chat(messages).await?.token_ids;
                 let prompt = search::Prompt {
                     text: p.text.clone(),
                     token_ids,
                     max_sequence_tokens: mesh.max_sequence_tokens,
                     max_logit_biases: mesh.max_logit_biases,
                 };
-                let rollouts = roll_out(&mesh.roles, &prompt, id, params).await?;
+                let rollouts = roll_out(&roles, &prompt, id, params).await?;
                 anyhow::Ok(PromptRollouts { prompt_id: id, prompt: p.text.clone(), harmful: p.harmful, rollouts })
             }
         })

@@ -63,6 +63,9 @@ pub fn connect_lazy(endpoint: &str) -> Result<Channel, ClientError> {
         .connect_lazy())
 }
 
+/// The longest one health check may take in [`wait_serving`].
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Waits until `grpc.health.v1` says `service` is SERVING (its model is
 /// loaded and warm), polling every 200 ms for at most `timeout`.
 pub async fn wait_serving(channel: &Channel, endpoint: &str, service: &str, timeout: Duration) -> Result<(), ClientError> {
@@ -71,10 +74,14 @@ pub async fn wait_serving(channel: &Channel, endpoint: &str, service: &str, time
     let started = Instant::now();
     loop {
         let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
-        let last = match health.check(req).await {
-            Ok(r) if r.get_ref().status() == ServingStatus::Serving => return Ok(()),
-            Ok(r) => format!("health status {:?}", r.get_ref().status()),
-            Err(s) => format!("{}: {}", s.code(), s.message()),
+        // Each check is bounded too: a server that accepts but never answers must not
+        // outlast `timeout`.
+        let left = timeout.saturating_sub(started.elapsed()).min(HEALTH_CHECK_TIMEOUT).max(Duration::from_millis(1));
+        let last = match tokio::time::timeout(left, health.check(req)).await {
+            Ok(Ok(r)) if r.get_ref().status() == ServingStatus::Serving => return Ok(()),
+            Ok(Ok(r)) => format!("health status {:?}", r.get_ref().status()),
+            Ok(Err(s)) => format!("{}: {}", s.code(), s.message()),
+            Err(_) => format!("no health answer within {left:?}"),
         };
         if started.elapsed() >= timeout {
             return Err(ClientError::NotReady { endpoint: endpoint.into(), waited: timeout, last });

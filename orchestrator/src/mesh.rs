@@ -61,15 +61,25 @@ where
     let tried = replicas.len();
     for r in replicas {
         match call(r.clone()).await {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                r.record_success();
+                return Ok(v);
+            }
             Err(s) if retryable(&s) => {
                 tracing::warn!(model = %entry.name, endpoint = %r.endpoint, code = ?s.code(), error = %s.message(), "replica failed; trying the next");
+                r.record_failure();
                 if s.code() == Code::Unavailable {
                     r.mark_unready();
                 }
                 last = Some(s);
             }
-            Err(s) => return Err(role_error(&format!("{} model {:?} at {}", entry.role.as_str(), entry.name, r.endpoint), &s)),
+            Err(s) => {
+                // Too slow for the request's deadline: a replica that keeps doing so is ejected.
+                if s.code() == Code::DeadlineExceeded {
+                    r.record_failure();
+                }
+                return Err(role_error(&format!("{} model {:?} at {}", entry.role.as_str(), entry.name, r.endpoint), &s));
+            }
         }
     }
     let last = last.map_or_else(|| "no endpoint".to_string(), |s| format!("{:?}: {}", s.code(), s.message()));

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ig_proto::v1 as pb;
 use serde::Deserialize;
@@ -94,9 +94,59 @@ pub struct Replica {
     pub channel: Channel,
     ready: AtomicBool,
     info: Mutex<Option<RoleInfo>>,
+    outlier: Mutex<Outlier>,
+}
+
+/// Calls that failed in a row (down, overloaded, too slow, or a bad reply) after which a
+/// replica is ejected: tried only after every other replica, for a time that doubles with
+/// each ejection in a row ([`EJECTION_BASE`] up to [`EJECTION_MAX`]); one call that
+/// succeeds re-admits it.
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+/// The first ejection's length.
+pub const EJECTION_BASE: Duration = Duration::from_secs(10);
+/// The longest ejection.
+pub const EJECTION_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Default)]
+struct Outlier {
+    failures: u32,
+    ejections: u32,
+    until: Option<Instant>,
 }
 
 impl Replica {
+    fn new(endpoint: String, channel: Channel) -> Self {
+        Self { endpoint, channel, ready: AtomicBool::new(true), info: Mutex::new(None), outlier: Mutex::default() }
+    }
+
+    /// A call to it succeeded: it is (re-)admitted.
+    pub fn record_success(&self) {
+        let mut o = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        if o.until.is_some() {
+            tracing::info!(endpoint = %self.endpoint, "replica re-admitted after an ejection");
+        }
+        *o = Outlier::default();
+    }
+
+    /// A call to it failed in a way another replica might not have.
+    pub fn record_failure(&self) {
+        let mut o = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        o.failures += 1;
+        if o.failures >= EJECT_AFTER_FAILURES {
+            o.failures = 0;
+            o.ejections += 1;
+            let length = EJECTION_BASE.saturating_mul(1 << (o.ejections - 1).min(16)).min(EJECTION_MAX);
+            o.until = Some(Instant::now() + length);
+            metrics::counter!("ig_orchestrator_replica_ejections_total").increment(1);
+            tracing::warn!(endpoint = %self.endpoint, seconds = length.as_secs(), "replica ejected after {EJECT_AFTER_FAILURES} failed calls in a row");
+        }
+    }
+
+    /// Whether it is ejected now.
+    pub fn is_ejected(&self) -> bool {
+        self.outlier.lock().unwrap_or_else(|e| e.into_inner()).until.is_some_and(|u| Instant::now() < u)
+    }
+
     /// Whether its last health check said SERVING (optimistic until checked).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
@@ -138,20 +188,25 @@ pub struct Entry {
 
 impl Entry {
     /// Replicas in the order to try them: ready ones first, rotating so that
-    /// successive calls spread over them, then the others (a health check
-    /// may be stale).
+    /// successive calls spread over them, then ejected ones, then the unready ones (a
+    /// health check may be stale). None is left out: when all are ejected, they are
+    /// still tried.
     pub fn replicas_to_try(&self) -> Vec<Arc<Replica>> {
         let n = self.replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let rotated: Vec<Arc<Replica>> = (0..n).map(|i| self.replicas[(start + i) % n].clone()).collect();
-        let (mut ready, unready): (Vec<_>, Vec<_>) = rotated.into_iter().partition(|r| r.is_ready());
-        ready.extend(unready);
-        ready
+        let mut rotated: Vec<Arc<Replica>> = (0..n).map(|i| self.replicas[(start + i) % n].clone()).collect();
+        // A stable sort keeps the rotation within each group.
+        rotated.sort_by_key(|r| match (r.is_ready(), r.is_ejected()) {
+            (true, false) => 0,
+            (true, true) => 1,
+            (false, _) => 2,
+        });
+        rotated
     }
 
-    /// Replicas whose last health check said SERVING.
+    /// Replicas whose last health check said SERVING and that are not ejected.
     pub fn ready_count(&self) -> usize {
-        self.replicas.iter().filter(|r| r.is_ready()).count()
+        self.replicas.iter().filter(|r| r.is_ready() && !r.is_ejected()).count()
     }
 
     /// The last Info any replica gave.
@@ -390,7 +445,7 @@ impl Registry {
                     Some(r) => r.clone(),
                     None => {
                         let channel = connect_lazy(&ep).map_err(|e| e.to_string())?;
-                        let r = Arc::new(Replica { endpoint: ep, channel, ready: AtomicBool::new(true), info: Mutex::new(None) });
+                        let r = Arc::new(Replica::new(ep, channel));
                         replicas.insert(key, r.clone());
                         r
                     }
@@ -459,19 +514,22 @@ impl Registry {
     }
 }
 
-/// One health check (and Info fetch, the first time) of a replica.
+/// One health check of a replica, and its Info fetched again each time it becomes
+/// SERVING (a restarted replica may serve another model behind the same endpoint).
 pub async fn check(role: EntryRole, r: &Replica) {
     use tonic_health::pb::health_check_response::ServingStatus;
     let mut health = tonic_health::pb::health_client::HealthClient::new(r.channel.clone());
-    let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: role.service().into() });
-    req.set_timeout(Duration::from_secs(2));
-    let serving = matches!(health.check(req).await, Ok(a) if a.get_ref().status() == ServingStatus::Serving);
-    if serving != r.is_ready() {
+    let req = tonic_health::pb::HealthCheckRequest { service: role.service().into() };
+    // Bounded here: the timeout header alone does not stop a server that never answers.
+    let answer = tokio::time::timeout(Duration::from_secs(2), health.check(req)).await;
+    let serving = matches!(answer, Ok(Ok(a)) if a.get_ref().status() == ServingStatus::Serving);
+    let was_ready = r.is_ready();
+    if serving != was_ready {
         tracing::info!(endpoint = %r.endpoint, role = role.as_str(), serving, "replica health changed");
     }
     r.ready.store(serving, Ordering::Relaxed);
-    if serving && r.info().is_none() {
-        if let Ok(info) = fetch_info(role, r).await {
+    if serving && (!was_ready || r.info().is_none()) {
+        if let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(5), fetch_info(role, r)).await {
             r.set_info(info);
         }
     }
@@ -527,6 +585,30 @@ mod tests {
         role = "reward"
         endpoints = ["http://127.0.0.1:5"]
     "#;
+
+    #[tokio::test]
+    async fn a_replica_that_keeps_failing_is_ejected_tried_last_and_readmitted_by_a_success() {
+        let r = Registry::from_toml(TWO_COSTS).unwrap();
+        let strict = r.snapshot().resolve(EntryRole::Cost, "strict").unwrap();
+        let (a, b) = (strict.replicas[0].clone(), strict.replicas[1].clone());
+        for _ in 0..EJECT_AFTER_FAILURES - 1 {
+            a.record_failure();
+        }
+        assert!(!a.is_ejected(), "fewer failures than the threshold");
+        a.record_failure();
+        assert!(a.is_ejected());
+        assert_eq!(strict.ready_count(), 1);
+        for _ in 0..4 {
+            let order = strict.replicas_to_try();
+            assert!(Arc::ptr_eq(&order[0], &b) && Arc::ptr_eq(&order[1], &a), "the ejected replica goes last, never away");
+        }
+        // An unready replica still comes after an ejected one.
+        b.mark_unready();
+        assert!(Arc::ptr_eq(&strict.replicas_to_try()[0], &a));
+        a.record_success();
+        assert!(!a.is_ejected());
+        assert_eq!(strict.ready_count(), 1, "a re-admitted, b unready");
+    }
 
     #[tokio::test]
     async fn names_resolve_by_role_with_defaults() {

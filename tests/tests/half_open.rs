@@ -65,3 +65,18 @@ async fn a_silent_connection_fails_its_call_within_the_keepalive() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     eprintln!("failed after {:?}: {err}", started.elapsed());
 }
+
+#[tokio::test]
+async fn waiting_for_a_server_that_never_answers_ends_at_its_timeout() {
+    let (addr, silent) = silenceable_proxy(shared_roles().policy).await;
+    silent.store(true, Ordering::SeqCst);
+    let client = ig_orchestrator::PolicyClient::connect_lazy(&format!("http://{addr}")).unwrap();
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), client.wait_ready(Duration::from_secs(3)))
+        .await
+        .expect("wait_ready outlived its own timeout: a health check hung");
+    let err = outcome.expect_err("a silent server is never ready");
+    assert!(err.to_string().contains("was not ready"), "{err}");
+    // It ends at its 3 s, not at the connection's own timeouts (5 s to connect, 20 s of keepalive).
+    assert!(started.elapsed() < Duration::from_millis(4500), "{:?}", started.elapsed());
+}

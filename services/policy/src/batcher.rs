@@ -102,15 +102,7 @@ impl<B: PolicyBackend> Batcher<B> {
         if start_driver {
             let (pending, budget) = (self.pending.clone(), self.budget);
             if let Err(e) = self.engine.submit(move |backend, _| drive(backend, &pending, budget)) {
-                // Fail what waits, outside the lock: a sink must never run under it.
-                let waiting: Vec<Queued> = {
-                    let mut p = lock(&self.pending);
-                    p.driving = false;
-                    p.jobs.drain(..).collect()
-                };
-                for q in waiting {
-                    q.job.sink.done(Err(e.clone()));
-                }
+                fail_waiting(&self.pending, &e);
                 return Err(e);
             }
         }
@@ -122,6 +114,19 @@ impl<B: PolicyBackend> Batcher<B> {
 /// should one poison it, the queue itself is still consistent: keep serving.
 fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
     pending.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Marks the queue undriven and fails every extension waiting in it, outside the lock: a
+/// sink must never run under it.
+fn fail_waiting(pending: &Mutex<Pending>, error: &RoleError) {
+    let waiting: Vec<Queued> = {
+        let mut p = lock(pending);
+        p.driving = false;
+        p.jobs.drain(..).collect()
+    };
+    for q in waiting {
+        q.job.sink.done(Err(error.clone()));
+    }
 }
 
 /// Ends a driver however it leaves the model thread. On a panic (caught by the engine,
@@ -136,14 +141,7 @@ impl Drop for DriverExit<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             tracing::error!("the batch driver panicked; its runs fail and the next extension starts a new driver");
-            let waiting: Vec<Queued> = {
-                let mut p = lock(self.pending);
-                p.driving = false;
-                p.jobs.drain(..).collect()
-            };
-            for q in waiting {
-                q.job.sink.done(Err(RoleError::Internal("the model thread failed while this extension waited".into())));
-            }
+            fail_waiting(self.pending, &RoleError::Internal("the model thread failed while this extension waited".into()));
         }
     }
 }
@@ -246,7 +244,7 @@ mod tests {
     use std::sync::mpsc::{channel, Receiver, Sender};
 
     use ig_core::policy::{
-        LatentDecodeRequest, NextTokens, PolicyInfo, PrefixSpec, Sampling, TextCodec, TopKRequest, WorkControl,
+        DecodedToken, LatentDecodeRequest, NextTokens, PolicyInfo, PrefixSpec, Sampling, TextCodec, TopKRequest, WorkControl,
     };
 
     use super::*;
@@ -306,8 +304,6 @@ mod tests {
             unreachable!("the batcher never asks")
         }
     }
-
-    use ig_core::policy::DecodedToken;
 
     /// Reports how its extension ended: `Ok`, the error, or "dropped" without an end.
     struct Report {
