@@ -90,27 +90,6 @@ where
     )))
 }
 
-/// `stream` as long as [`ExtendCheck`] accepts it; then one error naming `what`, and the end.
-fn checked(
-    stream: futures::stream::BoxStream<'static, Result<pb::ExtendChunkResponse, RoleError>>,
-    check: ExtendCheck,
-    what: String,
-) -> impl futures::Stream<Item = Result<pb::ExtendChunkResponse, RoleError>> {
-    let bad = move |m: BadReply| RoleError::Internal(format!("{what}: bad reply to ExtendChunk: {m}"));
-    futures::stream::unfold(Some((stream, check, bad)), |state| async move {
-        let (mut stream, mut check, bad) = state?;
-        let verdict = match stream.next().await {
-            Some(Ok(msg)) => check.message(&msg).map(|()| msg).map_err(&bad),
-            Some(Err(e)) => Err(e),
-            None => return check.end().err().map(|m| (Err(bad(m)), None)),
-        };
-        match verdict {
-            Ok(msg) => Some((Ok(msg), Some((stream, check, bad)))),
-            Err(e) => Some((Err(e), None)),
-        }
-    })
-}
-
 /// A request with the time left to `deadline` as its gRPC timeout.
 fn timed<T>(msg: T, deadline: Instant) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
@@ -235,6 +214,107 @@ fn finish_of(f: i32) -> Finish {
     }
 }
 
+/// Whether an error ending a policy's stream is that replica's fault, so that another
+/// replica should take the work over: it went away (a killed pod resets its streams), is
+/// full, failed inside, or answered something [`reply_check`] refused.
+fn replica_fault(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::ResourceExhausted | Code::DataLoss | Code::Unknown | Code::Internal | Code::Aborted | Code::Cancelled
+    )
+}
+
+/// One part of an extension (some of its prefixes) on the policy's replicas in turn. A
+/// replica that fails mid-stream (killed, a bad reply, a stream cut short) hands the part
+/// to the next one, which draws the same candidates (each prefix carries its seed); the
+/// candidates already passed on are not passed on again.
+struct PartExtension {
+    entry: Arc<Entry>,
+    replicas: std::collections::VecDeque<Arc<Replica>>,
+    request: pb::ExtendChunkRequest,
+    deadline: Instant,
+    check: ExtendCheck,
+    delivered: std::collections::HashSet<(i32, i32)>,
+    current: Option<(Arc<Replica>, tonic::Streaming<pb::ExtendChunkResponse>, ExtendCheck)>,
+    tried: usize,
+    last: Option<String>,
+}
+
+impl PartExtension {
+    fn new(entry: Arc<Entry>, replicas: Vec<Arc<Replica>>, request: pb::ExtendChunkRequest, deadline: Instant, check: ExtendCheck) -> Self {
+        Self { entry, replicas: replicas.into(), request, deadline, check, delivered: Default::default(), current: None, tried: 0, last: None }
+    }
+
+    /// A replica failed the part: note it, and let the next one try.
+    fn failed(&mut self, r: &Replica, why: String, code: Code) {
+        tracing::warn!(model = %self.entry.name, endpoint = %r.endpoint, error = %why, "policy replica failed mid-extension; the next one takes it over");
+        r.record_failure();
+        if code == Code::Unavailable {
+            r.mark_unready();
+        }
+        self.current = None;
+        self.last = Some(why);
+    }
+
+    /// An error that no other replica would avoid (the deadline, a refused request).
+    fn fatal(&self, r: &Replica, s: &Status) -> RoleError {
+        if s.code() == Code::DeadlineExceeded {
+            r.record_failure();
+        }
+        role_error(&format!("policy model {:?} at {}", self.entry.name, r.endpoint), s)
+    }
+
+    /// The part's messages: candidates as they finish, each once, then the stats.
+    fn stream(self) -> impl futures::Stream<Item = Result<pb::ExtendChunkResponse, RoleError>> {
+        futures::stream::unfold(Some(self), |part| async move {
+            let mut part = part?;
+            loop {
+                if part.current.is_none() {
+                    let Some(r) = part.replicas.pop_front() else {
+                        let last = part.last.take().unwrap_or_else(|| "no endpoint".into());
+                        let m = format!("policy model {:?}: none of its {} endpoint(s) finished the extension (last: {last})", part.entry.name, part.tried);
+                        return Some((Err(RoleError::Unavailable(m)), None));
+                    };
+                    part.tried += 1;
+                    let mut c = PolicyServiceClient::new(r.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
+                    match c.extend_chunk(timed(part.request.clone(), part.deadline)).await {
+                        Ok(resp) => part.current = Some((r, resp.into_inner(), part.check.clone())),
+                        Err(s) if replica_fault(s.code()) => part.failed(&r, format!("{:?}: {}", s.code(), s.message()), s.code()),
+                        Err(s) => return Some((Err(part.fatal(&r, &s)), None)),
+                    }
+                    continue;
+                }
+                let (r, stream, check) = part.current.as_mut().expect("a current replica");
+                let r = r.clone();
+                match stream.next().await {
+                    Some(Ok(mut msg)) => {
+                        if let Err(m) = check.message(&msg) {
+                            part.failed(&r, format!("bad reply to ExtendChunk: {m}"), Code::DataLoss);
+                            continue;
+                        }
+                        let done = msg.stats.is_some();
+                        let delivered = &mut part.delivered;
+                        msg.candidates.retain(|c| delivered.insert((c.prefix_index, c.child_index)));
+                        if done {
+                            r.record_success();
+                            return Some((Ok(msg), None));
+                        }
+                        if !msg.candidates.is_empty() {
+                            return Some((Ok(msg), Some(part)));
+                        }
+                    }
+                    Some(Err(s)) if replica_fault(s.code()) => part.failed(&r, format!("{:?}: {}", s.code(), s.message()), s.code()),
+                    Some(Err(s)) => return Some((Err(part.fatal(&r, &s)), None)),
+                    None => {
+                        let m = check.end().err().unwrap_or_else(|| "the stream ended early".into());
+                        part.failed(&r, format!("bad reply to ExtendChunk: {m}"), Code::DataLoss);
+                    }
+                }
+            }
+        })
+    }
+}
+
 #[async_trait]
 impl PolicyRole for MeshPolicy {
     fn extend(&self, call: ExtendCall) -> ChunkStream {
@@ -268,32 +348,17 @@ impl PolicyRole for MeshPolicy {
             let mut order = replicas.clone();
             let turn = k % order.len().max(1);
             order.rotate_left(turn);
-            let entry = self.entry.clone();
-            let deadline = self.deadline;
             let offset = range.start;
             let stops = self.meta.stop_texts.clone();
-            let started = async move {
-                with_failover(&entry, order, |r| {
-                    let req = req.clone();
-                    async move {
-                        let mut c = PolicyServiceClient::new(r.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES);
-                        Ok((r.endpoint.clone(), c.extend_chunk(timed(req, deadline)).await?.into_inner()))
-                    }
-                })
-                .await
-                .map(|(endpoint, s)| {
-                    let what = format!("policy model {:?} at {endpoint}", entry.name);
-                    s.map_err(move |st| role_error(&what, &st))
-                })
-            };
-            let what = format!("policy model {:?}", self.entry.name);
             let check = ExtendCheck::new(
                 call.prefixes[range.clone()].iter().map(|p| p.children).collect(),
                 call.chunk_tokens,
                 self.vocab(),
                 call.with_latents.then_some(self.latent_dim()),
             );
-            let stream = checked(futures::stream::once(started).try_flatten().boxed(), check, what)
+            let part = PartExtension::new(self.entry.clone(), order, req, self.deadline, check);
+            let stream = part
+                .stream()
                 .map_ok(move |msg: pb::ExtendChunkResponse| {
                     msg.candidates
                         .into_iter()

@@ -63,6 +63,7 @@ pub fn next_tokens(i: usize, n: &pb::NextTokens, k: usize, vocab: usize) -> Resu
 /// What one ExtendChunk stream must deliver, checked message by message: every
 /// candidate once, of a prefix and child that were asked for, 1 to `chunk_tokens` ids in
 /// the vocabulary, its latent when latents were asked for, then the stats message last.
+#[derive(Debug, Clone)]
 pub struct ExtendCheck {
     children: Vec<usize>,
     chunk_tokens: usize,

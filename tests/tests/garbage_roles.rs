@@ -167,13 +167,26 @@ fn registry_with_policy(policy: SocketAddr) -> String {
 }
 
 #[tokio::test]
-async fn a_policy_that_answers_garbage_is_an_error_naming_the_policy() {
+async fn a_policy_replica_that_answers_garbage_is_skipped_and_alone_it_is_named() {
+    let roles = shared_roles();
     for fault in [PolicyFault::PrefixOutOfRange, PolicyFault::NoStats, PolicyFault::BadToken] {
         let addr = corrupt_policy(fault).await;
+        // Beside a healthy replica: the part of each extension it was given is taken over.
+        let both = registry_with_policy(addr).replacen(&format!("\"http://{addr}\"]"), &format!("\"http://{addr}\", \"http://{}\"]", roles.policy), 1);
+        let g = GuardUnderTest::start(&both).await;
+        let mut client = g.client.clone();
+        for seed in 0..2 {
+            let mut req = request(pb::Method::InferenceGuard);
+            req.params.as_mut().unwrap().seed = Some(seed);
+            client.generate(req).await.unwrap_or_else(|e| panic!("{fault:?}: {e:?}"));
+        }
+        g.stop().await;
+
+        // Alone: the error names the policy and the bad reply.
         let g = GuardUnderTest::start(&registry_with_policy(addr)).await;
         let mut client = g.client.clone();
         let err = client.generate(request(pb::Method::InferenceGuard)).await.expect_err("a corrupt policy must fail the request");
-        assert_eq!(err.code(), Code::Internal, "{fault:?}: {err:?}");
+        assert_eq!(err.code(), Code::Unavailable, "{fault:?}: {err:?}");
         assert_eq!(named_role(&err).as_deref(), Some("policy"), "{fault:?}: {err:?}");
         assert!(err.message().contains("bad reply to ExtendChunk"), "{fault:?}: {err:?}");
         // The guard is still there and still answers.
