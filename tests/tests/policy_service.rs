@@ -397,15 +397,13 @@ fn staggered_request(prompt: &[i32], prefixes: usize) -> pb::ExtendChunkRequest 
     req
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_dropped_and_never_stalls_the_replica() {
-    let s = PolicyUnderTest::ready(&[]).await;
-    let prompt = prompt_ids(&s, CHAT).await;
+/// An extension opened by a client whose HTTP/2 window holds less than one message and
+/// which never reads, returned once the extension has had the time to produce every
+/// message; with what the same extension costs when read.
+async fn stalled_stream(s: &PolicyUnderTest, prompt: &[i32]) -> (tonic::Streaming<pb::ExtendChunkResponse>, Duration) {
     let prefixes = ig_policy::service::STREAM_BUFFER + 6;
-    let (_, stats) = collect(&s, staggered_request(&prompt, prefixes)).await.unwrap();
+    let (_, stats) = collect(s, staggered_request(prompt, prefixes)).await.unwrap();
     let full = Duration::from_nanos(stats.compute_ns as u64);
-
-    // A client whose HTTP/2 window holds less than one message, and which never reads.
     let slow_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
         .unwrap()
         .initial_stream_window_size(Some(1024))
@@ -414,9 +412,16 @@ async fn a_client_that_stops_reading_is_dropped_and_never_stalls_the_replica() {
         .await
         .unwrap();
     let mut slow = ig_proto::v1::policy_service_client::PolicyServiceClient::new(slow_channel);
-    let mut stalled = slow.extend_chunk(staggered_request(&prompt, prefixes)).await.unwrap().into_inner();
-    // Long enough for that extension to have produced every message.
+    let stalled = slow.extend_chunk(staggered_request(prompt, prefixes)).await.unwrap().into_inner();
     tokio::time::sleep(full * 2 + Duration::from_secs(1)).await;
+    (stalled, full)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_never_stalls_the_replica() {
+    let s = PolicyUnderTest::ready(&[]).await;
+    let prompt = prompt_ids(&s, CHAT).await;
+    let (mut stalled, full) = stalled_stream(&s, &prompt).await;
 
     // Another client on the same replica: without the fix the model thread is parked on
     // the slow stream and this runs into its deadline.
@@ -485,18 +490,7 @@ async fn a_stopping_server_says_not_serving_takes_calls_for_the_delay_and_finish
 async fn a_stream_nobody_reads_cannot_hold_a_stopping_server_past_its_drain_timeout() {
     let mut s = PolicyUnderTest::ready(&["--drain-timeout-seconds", "2"]).await;
     let prompt = prompt_ids(&s, CHAT).await;
-    let prefixes = ig_policy::service::STREAM_BUFFER + 6;
-    let (_, stats) = collect(&s, staggered_request(&prompt, prefixes)).await.unwrap();
-    let full = Duration::from_nanos(stats.compute_ns as u64);
-    let slow_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
-        .unwrap()
-        .initial_stream_window_size(Some(1024))
-        .connect()
-        .await
-        .unwrap();
-    let mut slow = ig_proto::v1::policy_service_client::PolicyServiceClient::new(slow_channel);
-    let unread = slow.extend_chunk(staggered_request(&prompt, prefixes)).await.unwrap().into_inner();
-    tokio::time::sleep(full * 2 + Duration::from_secs(1)).await;
+    let (unread, _) = stalled_stream(&s, &prompt).await;
     s.begin_stop();
     // Without the timeout, the graceful stop waits for that stream for ever.
     tokio::time::timeout(Duration::from_secs(30), s.finished())

@@ -481,14 +481,8 @@ fn provenance(
 ) -> serde_json::Value {
     let chosen = format_layout(&head.meta.input_layout);
     let chosen_report = per_layout.iter().find(|(n, _)| *n == chosen).map(|(_, r)| r.clone()).unwrap_or_default();
-    json!({
-        "trained_by": "inferenceguard train-head",
+    provenance_with("inferenceguard train-head", opts, json!({
         "role": match role { ScoreRole::Cost => "cost", ScoreRole::Reward => "reward" },
-        "command": opts.command,
-        "git_commit": opts.git_commit,
-        "config": opts.train,
-        "trunk_asset": TRUNK_ASSET,
-        "data_assets": DATA_ASSETS,
         "split": {
             "rule": SPLIT_RULE,
             "held_out_sources": HELDOUT_SOURCES,
@@ -501,7 +495,24 @@ fn provenance(
         "selection": "the layout with the best held-out metric (cost: AUC; reward: pairwise accuracy)",
         "threshold": head.meta.threshold,
         "result": chosen_report,
-    })
+    }))
+}
+
+/// What every head's provenance states (how it was trained, from which trunk and data),
+/// with the head's own fields in `rest`.
+pub(crate) fn provenance_with(trained_by: &str, opts: &RunOptions, rest: serde_json::Value) -> serde_json::Value {
+    let mut out = json!({
+        "trained_by": trained_by,
+        "command": opts.command,
+        "git_commit": opts.git_commit,
+        "config": opts.train,
+        "trunk_asset": TRUNK_ASSET,
+        "data_assets": DATA_ASSETS,
+    });
+    if let (Some(out), serde_json::Value::Object(rest)) = (out.as_object_mut(), rest) {
+        out.extend(rest);
+    }
+    out
 }
 
 /// The headline numbers of one layout's report.

