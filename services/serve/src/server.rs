@@ -39,7 +39,7 @@ impl ServeOptions {
             max_concurrent_streams: 1024,
             keepalive: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
-            drain_timeout: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs_f64(DRAIN_TIMEOUT_SECONDS),
         }
     }
 
@@ -48,6 +48,10 @@ impl ServeOptions {
         Ok(Self { drain_delay: drain.delay()?, drain_timeout: drain.timeout()?, ..self })
     }
 }
+
+/// Default seconds calls in flight get once the listener is closed: with the 5 s delay,
+/// within Kubernetes' default 30 s grace period.
+const DRAIN_TIMEOUT_SECONDS: f64 = 20.0;
 
 /// How a role stops on SIGTERM: health goes NOT_SERVING at once while the listener keeps
 /// accepting calls for the drain delay (time for Kubernetes to take the pod out of its
@@ -61,14 +65,14 @@ pub struct DrainArgs {
     #[arg(long, env = "IG_DRAIN_DELAY_SECONDS", default_value_t = 5.0)]
     pub drain_delay_seconds: f64,
     /// Seconds calls in flight get to finish once the listener is closed.
-    #[arg(long, env = "IG_DRAIN_TIMEOUT_SECONDS", default_value_t = 20.0)]
+    #[arg(long, env = "IG_DRAIN_TIMEOUT_SECONDS", default_value_t = DRAIN_TIMEOUT_SECONDS)]
     pub drain_timeout_seconds: f64,
 }
 
 impl DrainArgs {
     /// No delay (in-process and loopback servers) and the default timeout.
     pub fn immediate() -> Self {
-        Self { drain_delay_seconds: 0.0, drain_timeout_seconds: 20.0 }
+        Self { drain_delay_seconds: 0.0, drain_timeout_seconds: DRAIN_TIMEOUT_SECONDS }
     }
 
     fn delay(&self) -> anyhow::Result<Duration> {
@@ -152,8 +156,8 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
-    // Once the listener is closed, calls in flight get `timeout`; then the server future is
-    // dropped, which closes their connections.
+    // Once the listener is closed, calls in flight get `timeout`; then `serve` stops
+    // waiting for them and returns (the role's process exits, closing their connections).
     let cut = async move {
         match closed.await {
             Ok(()) => tokio::time::sleep(timeout).await,
