@@ -10,10 +10,9 @@ use ig_models::scorer::ScoreModel;
 use ig_orchestrator::in_process::{EnginePolicy, EngineScorer, InProcessRoles};
 use ig_orchestrator::search::Method;
 use ig_orchestrator::{GuardClient, PolicyClient, ScorerClient};
-use ig_proto::v1::policy_service_server::PolicyServiceServer;
 use ig_scorer::ScorerArgs;
 use ig_serve::telemetry::{LogFormat, TelemetryGuard};
-use ig_serve::{Engine, ServeOptions};
+use ig_serve::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -211,24 +210,6 @@ impl RoleEngines {
     }
 }
 
-/// Serves the policy behind `engine` as `ig_policy::run` does (which loads a
-/// model of its own; this one stays shared with in-process callers).
-async fn serve_policy(
-    engine: Engine<LlamaPolicy>,
-    args: &ig_policy::PolicyArgs,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let limits = args.limits();
-    // As the policy server: the handler, not the transport, refuses a request over the limit.
-    let transport_cap = limits.max_message_bytes.saturating_mul(4);
-    let state = engine.watch_state();
-    let service = PolicyServiceServer::new(ig_policy::PolicyServer::new(engine, limits, args.queue_depth))
-        .max_decoding_message_size(transport_cap)
-        .max_encoding_message_size(usize::MAX);
-    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![ig_policy::SERVICE_NAME]), shutdown).await
-}
-
 /// The roles running in this process, each on its own listener (real gRPC
 /// between them).
 pub(crate) struct Mesh {
@@ -376,8 +357,10 @@ impl Mesh {
         let guard = ig_orchestrator::OrchestratorArgs::with_registry(&registry, guard_addr);
         let mut tasks = vec![
             watched("policy", &failed_tx, {
-                let (engine, args, shutdown) = (engines.policy.clone(), engines.policy_args.clone(), signal(stopped.clone()));
-                async move { serve_policy(engine, &args, pl, shutdown).await }
+                let (engine, mut args, shutdown) = (engines.policy.clone(), engines.policy_args.clone(), signal(stopped.clone()));
+                // A loopback mesh has no endpoints to leave: stop at once, as the other roles do.
+                args.drain = ig_serve::DrainArgs::immediate();
+                async move { ig_policy::serve(engine, &args, pl, shutdown).await }
             }),
             watched("cost model", &failed_tx, {
                 let (engine, args, shutdown) = (engines.cost.clone(), engines.cost_args.clone(), signal(stopped.clone()));

@@ -271,6 +271,50 @@ fn resolve_params(
     Ok((p, used))
 }
 
+/// The prompt of a request: the text the scorers see (the last user message of a chat),
+/// the messages the policy renders, and whether it came as a chat.
+fn check_prompt(prompt: Option<pb::generate_request::Prompt>, limits: &GuardLimits) -> Result<(String, Vec<pb::ChatMessage>, bool), Status> {
+    match prompt {
+        None => Err(invalid("prompt", "set prompt_text or prompt_chat")),
+        Some(pb::generate_request::Prompt::PromptText(t)) => {
+            if t.trim().is_empty() {
+                return Err(invalid("prompt_text", "must not be empty"));
+            }
+            if t.len() > limits.max_prompt_bytes {
+                let m = format!("prompt_text: at most {} bytes (max_prompt_bytes), got {}", limits.max_prompt_bytes, t.len());
+                return Err(status(Code::InvalidArgument, "LIMIT_EXCEEDED", m, Some("prompt_text"), &[]));
+            }
+            Ok((t.clone(), vec![pb::ChatMessage { role: "user".into(), content: t }], false))
+        }
+        Some(pb::generate_request::Prompt::PromptChat(c)) => {
+            let field = "prompt_chat.messages";
+            in_range(field, c.messages.len() as i64, 1, limits.max_chat_messages as i64, "max_chat_messages")?;
+            let bytes: usize = c.messages.iter().map(|m| m.content.len()).sum();
+            if bytes > limits.max_prompt_bytes {
+                let m = format!("{field}: at most {} bytes in all (max_prompt_bytes), got {bytes}", limits.max_prompt_bytes);
+                return Err(status(Code::InvalidArgument, "LIMIT_EXCEEDED", m, Some(field), &[]));
+            }
+            let last_user = c.messages.iter().rev().find(|m| m.role == "user").ok_or_else(|| invalid(field, "needs a message of role \"user\""))?;
+            Ok((last_user.content.clone(), c.messages, true))
+        }
+    }
+}
+
+/// Every check of a request that needs no role call (the method, the prompt, the
+/// parameters against the given role limits), as [`GuardServer`] makes them: for fuzzing
+/// and for clients that want to check a request offline.
+pub fn check_request(
+    req: pb::GenerateRequest,
+    limits: &GuardLimits,
+    policy: &pb::PolicyLimits,
+    critic: Option<&pb::CriticLimits>,
+) -> Result<pb::SearchParams, Status> {
+    let (method, _) = method_of(req.method)?;
+    check_prompt(req.prompt, limits)?;
+    let (_, used) = resolve_params(method, &req.params.unwrap_or_default(), limits, policy, critic)?;
+    Ok(used)
+}
+
 fn rand_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -345,30 +389,7 @@ impl GuardServer {
         let names = RoleNames::of(&policy_entry, &cost_entry, &reward_entry, critic_entry.as_deref());
 
         // The prompt, checked before any role call.
-        let (scorer_prompt, messages, is_chat) = match req.prompt {
-            None => return Err(invalid("prompt", "set prompt_text or prompt_chat")),
-            Some(pb::generate_request::Prompt::PromptText(t)) => {
-                if t.trim().is_empty() {
-                    return Err(invalid("prompt_text", "must not be empty"));
-                }
-                if t.len() > self.limits.max_prompt_bytes {
-                    let m = format!("prompt_text: at most {} bytes (max_prompt_bytes), got {}", self.limits.max_prompt_bytes, t.len());
-                    return Err(status(Code::InvalidArgument, "LIMIT_EXCEEDED", m, Some("prompt_text"), &[]));
-                }
-                (t.clone(), vec![pb::ChatMessage { role: "user".into(), content: t }], false)
-            }
-            Some(pb::generate_request::Prompt::PromptChat(c)) => {
-                let field = "prompt_chat.messages";
-                in_range(field, c.messages.len() as i64, 1, self.limits.max_chat_messages as i64, "max_chat_messages")?;
-                let bytes: usize = c.messages.iter().map(|m| m.content.len()).sum();
-                if bytes > self.limits.max_prompt_bytes {
-                    let m = format!("{field}: at most {} bytes in all (max_prompt_bytes), got {bytes}", self.limits.max_prompt_bytes);
-                    return Err(status(Code::InvalidArgument, "LIMIT_EXCEEDED", m, Some(field), &[]));
-                }
-                let last_user = c.messages.iter().rev().find(|m| m.role == "user").ok_or_else(|| invalid(field, "needs a message of role \"user\""))?;
-                (last_user.content.clone(), c.messages, true)
-            }
-        };
+        let (scorer_prompt, messages, is_chat) = check_prompt(req.prompt, &self.limits)?;
 
         let meta = policy_meta(&policy_entry, deadline).await.map_err(|e| search_status(&search_error(RoleKind::Policy, e), &names))?;
         let limits = meta.info.limits.unwrap_or_default();

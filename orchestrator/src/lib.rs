@@ -132,10 +132,10 @@ pub async fn run(args: OrchestratorArgs, listener: TcpListener, shutdown: impl F
     let registry = Registry::load(&args.registry)?;
     registry.spawn_watch(seconds("--registry-poll-seconds", args.registry_poll_seconds)?);
     registry.spawn_health(seconds("--health-interval-seconds", args.health_interval_seconds)?);
-    let max_message = limits.max_message_bytes;
+    let options = ServeOptions::new(vec![guard::SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?;
     let server = GuardServer::new(registry, limits);
-    let service = GuardServiceServer::new(server).max_decoding_message_size(max_message).max_encoding_message_size(usize::MAX);
+    let service = GuardServiceServer::new(server).max_decoding_message_size(options.max_message_bytes).max_encoding_message_size(usize::MAX);
     // Nothing to load: the orchestrator serves as soon as it listens.
     let (_ready, state) = tokio::sync::watch::channel(EngineState::Ready);
-    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![guard::SERVICE_NAME]).with_drain(&args.drain)?, shutdown).await
+    ig_serve::serve(listener, tonic::service::Routes::new(service), state, options, shutdown).await
 }

@@ -13,6 +13,8 @@
 //!   over a grid of N (samples per step) and D (most new tokens);
 //!   `--in-process` runs the same search with the roles called directly,
 //!   `--compare` runs both, interleaved, and prints the mesh's overhead.
+//! - `load`: C concurrent clients for T seconds through the mesh: throughput,
+//!   p50/p99 latency, errors by code, RSS before and after.
 //! - `soak`: many small requests through the mesh; the process's RSS and the
 //!   policy's prefix-cache bytes along the way.
 //! - `plot`: SVG and PNG charts from the JSON files of the others.
@@ -21,6 +23,7 @@
 //!   command `docs/benchmarks.md` cites).
 
 mod llamacpp;
+mod load;
 mod plot;
 mod policy;
 mod scorer;
@@ -45,6 +48,8 @@ pub enum BenchTarget {
     Search(search::SearchBench),
     /// Many small requests through the mesh: RSS and prefix-cache bytes over time.
     Soak(soak::SoakBench),
+    /// C concurrent clients for T seconds through the mesh: throughput, p50/p99, errors, RSS.
+    Load(load::LoadBench),
     /// SVG and PNG charts from the JSON files the other benchmarks wrote.
     Plot(plot::PlotArgs),
     /// Every benchmark with its defaults, JSON files and charts into one directory.
@@ -67,6 +72,7 @@ pub async fn run(target: BenchTarget, log_format: LogFormat) -> anyhow::Result<(
         BenchTarget::Scorer(args) => scorer::run(args),
         BenchTarget::Search(args) => search::run(args, log_format).await,
         BenchTarget::Soak(args) => soak::run(args, log_format).await,
+        BenchTarget::Load(args) => load::run(args, log_format).await,
         BenchTarget::Plot(args) => plot::run(args),
         BenchTarget::All(args) => all(args, log_format).await,
     }
@@ -271,5 +277,6 @@ mod tests {
         let _: policy::PolicyBench = defaults();
         let _: scorer::ScorerBench = defaults();
         let _: soak::SoakBench = defaults();
+        let _: load::LoadBench = defaults();
     }
 }

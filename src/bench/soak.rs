@@ -144,7 +144,7 @@ const TASKS: &[&str] = &[
 ];
 
 /// The prompts of the soak: `n` distinct requests.
-fn prompt_pool(n: usize) -> Vec<String> {
+pub(super) fn prompt_pool(n: usize) -> Vec<String> {
     let all: Vec<String> = ASKS.iter().flat_map(|a| TASKS.iter().map(move |t| format!("{a} {t}?"))).collect();
     let mut rng = StdRng::seed_from_u64(7);
     all.choose_multiple(&mut rng, n.clamp(1, all.len())).cloned().collect()

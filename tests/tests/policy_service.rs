@@ -210,6 +210,8 @@ async fn bad_input_is_invalid_argument_naming_field_and_limit() {
         (extend_req(vec![(ok.clone(), 1)], 0, 0), "chunk_tokens", "max_chunk_tokens"),
         (extend_req(vec![(ok.clone(), 1)], 65, 0), "chunk_tokens", "[1, 64]"),
         (extend_req(vec![(vec![40_000; 1500], 1)], 8, 0), "request", "max_message_bytes"),
+        // Over 4x the limit: refused by the transport from the frame header, before decoding.
+        (extend_req(vec![(vec![40_000; 6000], 1)], 8, 0), "request", "at most 4096 bytes (max_message_bytes)"),
     ];
     for (req, field, needle) in cases {
         let err = collect(&s, req).await.expect_err(field);

@@ -60,6 +60,9 @@ pub struct CriticArgs {
     /// How the server stops on SIGTERM.
     #[command(flatten)]
     pub drain: ig_serve::DrainArgs,
+    /// When a stuck model thread takes the replica out of service.
+    #[command(flatten)]
+    pub watchdog: ig_serve::WatchdogArgs,
 }
 
 impl CriticArgs {
@@ -75,7 +78,7 @@ pub fn start_engine(args: &CriticArgs) -> anyhow::Result<Engine<Critic>> {
     let path = args.model.clone();
     let warm_items = args.max_items;
     tracing::info!(model = %path.display(), device = %args.device, "loading the critic");
-    Ok(Engine::spawn("critic", args.queue_depth, move || {
+    let engine = Engine::spawn("critic", args.queue_depth, move || {
         let critic = Critic::load(&path, &device)?;
         let m = critic.meta();
         tracing::info!(
@@ -88,7 +91,9 @@ pub fn start_engine(args: &CriticArgs) -> anyhow::Result<Engine<Critic>> {
         );
         critic.warm_up(warm_items)?;
         Ok(critic)
-    })?)
+    })?;
+    args.watchdog.start(&engine)?;
+    Ok(engine)
 }
 
 /// Serves the critic on `listener` until `shutdown` resolves.
@@ -107,10 +112,10 @@ pub async fn serve<B: CriticBackend>(
 ) -> anyhow::Result<()> {
     let limits = args.limits();
     let state = engine.watch_state();
-    let decoding_cap = limits.max_message_bytes;
+    let options = ServeOptions::new(vec![SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?;
     let server = CriticServer::new(engine, limits);
-    let service = CriticServiceServer::new(server).max_decoding_message_size(decoding_cap).max_encoding_message_size(usize::MAX);
-    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![SERVICE_NAME]).with_drain(&args.drain)?, shutdown).await
+    let service = CriticServiceServer::new(server).max_decoding_message_size(options.max_message_bytes).max_encoding_message_size(usize::MAX);
+    ig_serve::serve(listener, tonic::service::Routes::new(service), state, options, shutdown).await
 }
 
 #[derive(clap::Parser)]

@@ -40,13 +40,20 @@ pub struct PolicyOptions {
     pub device: Device,
     /// Byte budget of the prefix cache (0 disables it).
     pub prefix_cache_bytes: usize,
+    /// Most prompt tokens one prefill pass feeds (activations and attention scores grow
+    /// with it); longer prefills take several passes, a long prefix in pieces.
+    pub max_prefill_tokens: usize,
 }
+
+/// Default of [`PolicyOptions::max_prefill_tokens`]: two full 2,048-token contexts.
+pub const DEFAULT_MAX_PREFILL_TOKENS: usize = 4096;
 
 /// A causal LM ready to extend prefixes.
 pub struct LlamaPolicy {
     model: Llama,
     codec: Arc<TokenizerCodec>,
     cache: PrefixCache,
+    max_prefill_tokens: usize,
     info: PolicyInfo,
 }
 
@@ -126,7 +133,13 @@ impl LlamaPolicy {
                 model.activation_dtype(),
             ),
         };
-        Ok(Self { model, codec: Arc::new(codec), cache: PrefixCache::new(opts.prefix_cache_bytes), info })
+        Ok(Self {
+            model,
+            codec: Arc::new(codec),
+            cache: PrefixCache::new(opts.prefix_cache_bytes),
+            max_prefill_tokens: opts.max_prefill_tokens.max(1),
+            info,
+        })
     }
 
     /// The model.
@@ -169,25 +182,51 @@ impl LlamaPolicy {
                 }
             }
         }
-        if !to_feed.is_empty() {
+        // Prefill in passes of at most max_prefill_tokens tokens; a sequence that does not
+        // fit in what is left of a pass continues in the next (its cache carries over).
+        let mut fed: Vec<usize> = to_feed.iter().map(|(_, _, covered)| *covered).collect();
+        let mut last: Vec<Option<(Tensor, Tensor)>> = vec![None; to_feed.len()];
+        while let Some(first) = (0..to_feed.len()).find(|&k| fed[k] < sequences[to_feed[k].0].len()) {
+            let mut room = self.max_prefill_tokens;
+            let mut ends: Vec<Option<usize>> = vec![None; to_feed.len()];
+            for k in first..to_feed.len() {
+                let len = sequences[to_feed[k].0].len();
+                if room == 0 {
+                    break;
+                }
+                if fed[k] < len {
+                    let end = len.min(fed[k] + room);
+                    room -= end - fed[k];
+                    ends[k] = Some(end);
+                }
+            }
             let mut segments: Vec<Segment<'_>> = to_feed
                 .iter_mut()
-                .map(|(i, kv, covered)| Segment { tokens: &sequences[*i][*covered..], rows: 1, cache: kv })
+                .zip(&ends)
+                .enumerate()
+                .filter_map(|(k, ((i, kv, _), end))| end.map(|end| Segment { tokens: &sequences[*i][fed[k]..end], rows: 1, cache: kv }))
                 .collect();
             let out = self.model.forward_segments(&mut segments, Positions::Last)?;
+            drop(segments);
             stats.forward_passes += 1;
-            for (row, (i, kv, covered)) in to_feed.into_iter().enumerate() {
-                stats.prefill_tokens += (sequences[i].len() - covered) as u64;
-                let logits = out.logits.get(row)?;
-                let hidden = out.hidden.get(row)?;
-                self.cache.insert(CachedGroup {
-                    kv: kv.clone(),
-                    logits: logits.unsqueeze(0)?.copy()?,
-                    hidden: hidden.unsqueeze(0)?.copy()?,
-                    rows: vec![Arc::from(sequences[i])],
-                })?;
-                starts[i] = Some(Start { kv, logits: logits.to_vec1()?, hidden });
+            for (row, k) in (0..to_feed.len()).filter(|&k| ends[k].is_some()).enumerate() {
+                let end = ends[k].expect("filtered");
+                stats.prefill_tokens += (end - fed[k]) as u64;
+                fed[k] = end;
+                if end == sequences[to_feed[k].0].len() {
+                    last[k] = Some((out.logits.get(row)?, out.hidden.get(row)?));
+                }
             }
+        }
+        for ((i, kv, _), out) in to_feed.into_iter().zip(last) {
+            let (logits, hidden) = out.expect("every sequence was fed to its end");
+            self.cache.insert(CachedGroup {
+                kv: kv.clone(),
+                logits: logits.unsqueeze(0)?.copy()?,
+                hidden: hidden.unsqueeze(0)?.copy()?,
+                rows: vec![Arc::from(sequences[i])],
+            })?;
+            starts[i] = Some(Start { kv, logits: logits.to_vec1()?, hidden });
         }
         Ok(starts.into_iter().map(|s| s.expect("every sequence started")).collect())
     }

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor};
 use ig_core::policy::{ExtendRequest, PolicyBackend, PrefixSpec, Sampling, TextCodec, WorkControl};
 use ig_models::llama::{Llama, Positions, WeightDtype};
-use ig_models::policy::{LlamaPolicy, PolicyOptions};
+use ig_models::policy::{LlamaPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
 use ig_models::tokenizer::TokenizerCodec;
 use serde_json::Value;
 
@@ -133,6 +133,7 @@ fn batched_chunked_latents_equal_a_fresh_prefill() {
         dtype: WeightDtype::F32,
         device: Device::Cpu,
         prefix_cache_bytes: 256 << 20,
+        max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
     };
     let mut policy = LlamaPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
@@ -197,6 +198,7 @@ fn same_seed_same_candidates_whatever_the_batch() {
         dtype: WeightDtype::F32,
         device: Device::Cpu,
         prefix_cache_bytes: 0,
+        max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
     };
     let mut policy = LlamaPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
@@ -278,7 +280,7 @@ fn safetensors_tied_bf16_matches_transformers() {
 #[test]
 fn runs_batched_together_draw_what_each_draws_alone() {
     use ig_core::policy::{ExtendRun, PolicyBackend};
-    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0 };
+    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
     let mut policy = LlamaPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let request = |text: &str, children: usize, chunk: usize, seed: u64| ExtendRequest {
@@ -347,7 +349,7 @@ fn runs_batched_together_draw_what_each_draws_alone() {
 fn decoding_from_unedited_latents_redraws_the_extension() {
     use ig_core::policy::{FinishReason, LatentDecodeRequest, LatentItem, TopKRequest};
     use std::collections::HashSet;
-    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20 };
+    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
     let mut policy = LlamaPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let prompt = codec.tokenize("<|im_start|>user\nTell me a long story about a brave dragon.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
@@ -422,7 +424,7 @@ fn decoding_from_unedited_latents_redraws_the_extension() {
 #[test]
 fn latent_items_together_draw_what_each_draws_alone() {
     use ig_core::policy::{LatentDecodeRequest, LatentItem, TopKRequest};
-    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20 };
+    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
     let mut policy = LlamaPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let never = WorkControl::new(None, &|| false);
@@ -461,4 +463,50 @@ fn latent_items_together_draw_what_each_draws_alone() {
     assert!(plain.next_latent.is_none() && moved.next_latent.is_none(), "omitted on request");
     assert_ne!(plain.logprob, moved.logprob);
     assert!(plain.logprob <= 0.0 && moved.logprob <= 0.0);
+}
+
+/// A prefill larger than one pass's token cap is fed over several passes (a long prefix
+/// in pieces, its cache carried over) and ends in the state one pass computes.
+#[test]
+fn prefill_over_the_per_pass_cap_takes_several_passes_to_the_same_state() {
+    use ig_core::policy::TopKRequest;
+    let load = |max_prefill_tokens| {
+        LlamaPolicy::load(&PolicyOptions {
+            model: smollm2().to_path_buf(),
+            dtype: WeightDtype::F32,
+            device: Device::Cpu,
+            prefix_cache_bytes: 0,
+            max_prefill_tokens,
+        })
+        .unwrap()
+    };
+    let (mut whole, mut pieces) = (load(DEFAULT_MAX_PREFILL_TOKENS), load(7));
+    let codec = whole.tokenizer().clone();
+    let never = WorkControl::new(None, &|| false);
+    let sequences: Vec<Vec<u32>> = ["Name a colour.", "Write a haiku about rivers and the long sea."]
+        .iter()
+        .map(|t| codec.tokenize(&format!("<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n"), false).unwrap())
+        .collect();
+    let total: usize = sequences.iter().map(Vec::len).sum();
+    let request = TopKRequest { sequences: sequences.clone(), k: 5, with_latents: true };
+    let one = whole.top_k_next(&request, &never).unwrap();
+    // Through the extension path, which reports its passes.
+    let ext = ExtendRequest {
+        prefixes: sequences.iter().map(|s| PrefixSpec { token_ids: s.clone(), children: 1, logit_biases: vec![], seed: None }).collect(),
+        chunk_tokens: 1,
+        sampling: Sampling { temperature: 0.0, top_p: 1.0, top_k: None, seed: 0 },
+        stop_token_ids: vec![],
+        max_sequence_tokens: 2048,
+        with_latents: false,
+    };
+    let run = pieces.begin_extend(&ext).unwrap();
+    let stats = ig_core::policy::ExtendRun::stats(&run);
+    assert_eq!(stats.prefill_tokens as usize, total);
+    assert_eq!(stats.forward_passes as usize, total.div_ceil(7), "{total} prompt tokens in passes of at most 7");
+    let many = pieces.top_k_next(&request, &never).unwrap();
+    for (a, b) in one.iter().zip(&many) {
+        assert_eq!(a.token_ids, b.token_ids);
+        let d = max_abs_diff(a.latent.as_ref().unwrap(), b.latent.as_ref().unwrap());
+        assert!(d < 1e-3, "latents differ by {d}");
+    }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ig_core::policy::{Candidate, ExtendRequest, ExtendRun, ExtendStats, PolicyBackend};
 use ig_core::RoleError;
+use ig_serve::engine::Heartbeat;
 use ig_serve::Engine;
 
 /// What the caller of one extension hears back, on the model thread.
@@ -100,8 +101,8 @@ impl<B: PolicyBackend> Batcher<B> {
             !std::mem::replace(&mut p.driving, true)
         };
         if start_driver {
-            let (pending, budget) = (self.pending.clone(), self.budget);
-            if let Err(e) = self.engine.submit(move |backend, _| drive(backend, &pending, budget)) {
+            let (pending, budget, heartbeat) = (self.pending.clone(), self.budget, self.engine.heartbeat());
+            if let Err(e) = self.engine.submit(move |backend, _| drive(backend, &pending, budget, &heartbeat)) {
                 fail_waiting(&self.pending, &e);
                 return Err(e);
             }
@@ -157,8 +158,9 @@ fn stop_reason(job: &ExtendJob) -> Option<RoleError> {
     }
 }
 
-/// The driver: runs on the model thread until nothing is queued or in flight.
-fn drive<B: PolicyBackend>(backend: &mut B, pending: &Mutex<Pending>, budget: Budget) {
+/// The driver: runs on the model thread until nothing is queued or in flight, beating the
+/// engine's heartbeat after every forward pass (its progress, for the stall watchdog).
+fn drive<B: PolicyBackend>(backend: &mut B, pending: &Mutex<Pending>, budget: Budget, heartbeat: &Heartbeat) {
     let _exit = DriverExit { pending };
     let mut active: Vec<Active<B::Run>> = Vec::new();
     loop {
@@ -192,7 +194,9 @@ fn drive<B: PolicyBackend>(backend: &mut B, pending: &Mutex<Pending>, budget: Bu
                 continue;
             }
             let started = Instant::now();
-            match backend.begin_extend(&job.request) {
+            let begun = backend.begin_extend(&job.request);
+            heartbeat.beat();
+            match begun {
                 Ok(run) => active.push(Active { job, run, started, queued }),
                 Err(e) => job.sink.done(Err(e)),
             }
@@ -211,7 +215,9 @@ fn drive<B: PolicyBackend>(backend: &mut B, pending: &Mutex<Pending>, budget: Bu
         metrics::histogram!("ig_policy_batch_rows").record(active.iter().map(|a| a.run.live_rows()).sum::<usize>() as f64);
         metrics::histogram!("ig_policy_batch_requests").record(active.len() as f64);
         let mut runs: Vec<&mut B::Run> = active.iter_mut().map(|a| &mut a.run).collect();
-        if let Err(e) = backend.step_extends(&mut runs) {
+        let stepped = backend.step_extends(&mut runs);
+        heartbeat.beat();
+        if let Err(e) = stepped {
             tracing::warn!(error = %e, runs = active.len(), "a shared forward pass failed; its runs fail");
             for a in active.drain(..) {
                 a.job.sink.done(Err(e.clone()));

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use clap::Args;
 use ig_core::policy::{PolicyBackend, PolicyLimits};
 use ig_models::llama::WeightDtype;
-use ig_models::policy::{parse_device, LlamaPolicy, PolicyOptions};
+use ig_models::policy::{parse_device, LlamaPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
 use ig_proto::v1::policy_service_server::PolicyServiceServer;
 use ig_serve::{Engine, ServeOptions};
 use tokio::net::TcpListener;
@@ -43,6 +43,10 @@ pub struct PolicyArgs {
     /// Byte budget of the prefix cache, in MiB (0 disables it).
     #[arg(long, env = "IG_PREFIX_CACHE_MB", default_value_t = 1024)]
     pub prefix_cache_mb: usize,
+    /// Most prompt tokens one prefill pass feeds; longer prefills take several passes
+    /// (bounds the activations of one pass whatever the request).
+    #[arg(long, env = "IG_MAX_PREFILL_TOKENS", default_value_t = DEFAULT_MAX_PREFILL_TOKENS)]
+    pub max_prefill_tokens: usize,
     /// Requests that may wait for the model thread; more are refused with
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "IG_QUEUE_DEPTH", default_value_t = 64)]
@@ -86,6 +90,9 @@ pub struct PolicyArgs {
     /// How the server stops on SIGTERM.
     #[command(flatten)]
     pub drain: ig_serve::DrainArgs,
+    /// When a stuck model thread takes the replica out of service.
+    #[command(flatten)]
+    pub watchdog: ig_serve::WatchdogArgs,
 }
 
 impl PolicyArgs {
@@ -123,33 +130,37 @@ pub fn start_engine(args: &PolicyArgs) -> anyhow::Result<Engine<LlamaPolicy>> {
         dtype: args.dtype,
         device: parse_device(&args.device)?,
         prefix_cache_bytes: args.prefix_cache_mb << 20,
+        max_prefill_tokens: args.max_prefill_tokens,
     };
     tracing::info!(model = %opts.model.display(), dtype = ?opts.dtype, device = %args.device, "loading the policy model");
-    Ok(Engine::spawn("policy", args.queue_depth, move || {
+    let engine = Engine::spawn("policy", args.queue_depth, move || {
         let mut policy = LlamaPolicy::load(&opts)?;
         policy.warm_up()?;
         Ok(policy)
-    })?)
+    })?;
+    args.watchdog.start(&engine)?;
+    Ok(engine)
 }
 
 /// Serves the policy on `listener` until `shutdown` resolves.
 pub async fn run(args: PolicyArgs, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let engine = start_engine(&args)?;
+    serve(engine, &args, listener, shutdown).await
+}
+
+/// Serves a model already on its thread (the caller may keep a handle to `engine`, e.g. to
+/// call it in-process too) on `listener` until `shutdown`.
+pub async fn serve(
+    engine: Engine<LlamaPolicy>,
+    args: &PolicyArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let limits = args.limits();
-    // The transport accepts up to 4x the documented limit so that the handler,
-    // not the transport, rejects a too-large request with a message naming
-    // max_message_bytes.
-    let transport_cap = limits.max_message_bytes.saturating_mul(4);
     let state = engine.watch_state();
+    let options = ServeOptions::new(vec![SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?;
     let service = PolicyServiceServer::new(PolicyServer::new(engine, limits, args.queue_depth))
-        .max_decoding_message_size(transport_cap)
+        .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(usize::MAX);
-    ig_serve::serve(
-        listener,
-        tonic::service::Routes::new(service),
-        state,
-        ServeOptions::new(vec![SERVICE_NAME]).with_drain(&args.drain)?,
-        shutdown,
-    )
-    .await
+    ig_serve::serve(listener, tonic::service::Routes::new(service), state, options, shutdown).await
 }

@@ -80,6 +80,9 @@ pub struct ScorerArgs {
     /// How the server stops on SIGTERM.
     #[command(flatten)]
     pub drain: ig_serve::DrainArgs,
+    /// When a stuck model thread takes the replica out of service.
+    #[command(flatten)]
+    pub watchdog: ig_serve::WatchdogArgs,
 }
 
 impl ScorerArgs {
@@ -113,11 +116,13 @@ impl ScorerArgs {
 pub fn start_engine(args: &ScorerArgs) -> anyhow::Result<Engine<ScoreModel>> {
     let opts = args.options()?;
     tracing::info!(model = %opts.model.display(), role = ?opts.role, "loading the score model");
-    Ok(Engine::spawn("scorer", args.queue_depth, move || {
+    let engine = Engine::spawn("scorer", args.queue_depth, move || {
         let mut model = ScoreModel::load(&opts)?;
         model.warm_up()?;
         Ok(model)
-    })?)
+    })?;
+    args.watchdog.start(&engine)?;
+    Ok(engine)
 }
 
 /// Serves the scorer on `listener` until `shutdown` resolves.
@@ -135,11 +140,11 @@ pub async fn serve<B: ScorerBackend>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limits = args.limits();
-    let transport_cap = limits.max_message_bytes.saturating_mul(4);
     let state = engine.watch_state();
+    let options = ServeOptions::new(vec![SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?;
     let server = ScorerServer::new(engine, limits, args.max_batch_items, args.queue_depth);
-    let service = ScorerServiceServer::new(server).max_decoding_message_size(transport_cap).max_encoding_message_size(usize::MAX);
-    ig_serve::serve(listener, tonic::service::Routes::new(service), state, ServeOptions::new(vec![SERVICE_NAME]).with_drain(&args.drain)?, shutdown).await
+    let service = ScorerServiceServer::new(server).max_decoding_message_size(options.max_message_bytes).max_encoding_message_size(usize::MAX);
+    ig_serve::serve(listener, tonic::service::Routes::new(service), state, options, shutdown).await
 }
 
 #[derive(clap::Parser)]

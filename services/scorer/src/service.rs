@@ -148,6 +148,7 @@ impl<B: ScorerBackend> ScorerService for ScorerServer<B> {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(status) => {
+                        let status = ig_serve::message_limit::invalid_size(&status).unwrap_or(status);
                         let _ = tx.send(Err(status)).await;
                         return;
                     }

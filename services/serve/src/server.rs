@@ -19,6 +19,9 @@ pub struct ServeOptions {
     /// `inferenceguard.v1.PolicyService`). The empty name (liveness) is
     /// SERVING as soon as the server listens.
     pub service_names: Vec<&'static str>,
+    /// The largest request message, in bytes: the decoders' cap, and the unit of the
+    /// byte budget of requests being received ([`crate::admission`]).
+    pub max_message_bytes: usize,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
     /// Interval of HTTP/2 keep-alive pings (detects dead clients).
@@ -31,11 +34,12 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
-    /// Defaults for the given health service names (no drain delay: nothing to wait for
-    /// on loopback).
-    pub fn new(service_names: Vec<&'static str>) -> Self {
+    /// Defaults for the given health service names and message limit (no drain delay:
+    /// nothing to wait for on loopback).
+    pub fn new(service_names: Vec<&'static str>, max_message_bytes: usize) -> Self {
         Self {
             service_names,
+            max_message_bytes,
             max_concurrent_streams: 1024,
             keepalive: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
@@ -152,6 +156,8 @@ pub async fn serve(
         .trace_fn(crate::telemetry::request_span)
         .max_concurrent_streams(opts.max_concurrent_streams)
         .http2_keepalive_interval(Some(opts.keepalive))
+        .layer(crate::admission::InflightBytesLayer::new(opts.max_message_bytes))
+        .layer(tower::util::MapResponseLayer::new(crate::message_limit::rewrite::<tonic::body::Body>))
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)
