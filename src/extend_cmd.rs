@@ -45,10 +45,10 @@ pub struct SampleArgs {
 }
 
 pub async fn run(args: ExtendArgs) -> anyhow::Result<()> {
-    let client = PolicyClient::connect_lazy(&args.policy)?;
+    let client = PolicyClient::connect_lazy(&args.policy, None)?;
     client.wait_ready(Duration::from_secs(30)).await?;
     let scorers = match (&args.cost, &args.reward) {
-        (Some(c), Some(r)) => Some((ScorerClient::connect_lazy(c)?, ScorerClient::connect_lazy(r)?)),
+        (Some(c), Some(r)) => Some((ScorerClient::connect_lazy(c, None)?, ScorerClient::connect_lazy(r, None)?)),
         (None, None) => None,
         _ => anyhow::bail!("--cost and --reward go together"),
     };

@@ -81,13 +81,39 @@ impl SearchArgs {
     }
 }
 
+/// How the command line reaches a secured orchestrator: its CA (https:// endpoints), a
+/// client certificate where the orchestrator asks for one, and a bearer token.
+#[derive(Debug, Clone, Args)]
+pub struct GuardAccess {
+    /// Bearer token for an orchestrator started with --auth-tokens.
+    #[arg(long, env = "IG_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: ig_serve::tls::ClientTlsArgs,
+}
+
+impl GuardAccess {
+    /// A client of the orchestrator at `endpoint` with this access.
+    pub fn client(&self, endpoint: &str) -> anyhow::Result<GuardClient> {
+        let tls = ig_serve::tls::ClientTls::from_args(&self.tls)?;
+        let client = GuardClient::connect_lazy(endpoint, tls.as_ref()).map_err(|e| anyhow::anyhow!("--guard {e}"))?;
+        match &self.token {
+            None => Ok(client),
+            Some(t) if t.trim().is_empty() => anyhow::bail!("--token: must not be empty"),
+            Some(t) => Ok(client.with_token(t)?),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// The user's message.
     pub prompt: String,
-    /// Orchestrator endpoint.
+    /// Orchestrator endpoint (https:// with --tls-ca).
     #[arg(long, env = "IG_GUARD", default_value = "http://127.0.0.1:50050")]
     pub guard: String,
+    #[command(flatten)]
+    pub access: GuardAccess,
     #[command(flatten)]
     pub search: SearchArgs,
     /// Deadline of the request, in seconds.
@@ -96,7 +122,7 @@ pub struct GenerateArgs {
 }
 
 pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let client = GuardClient::connect_lazy(&args.guard)?;
+    let client = args.access.client(&args.guard)?;
     client.wait_ready(Duration::from_secs(10)).await.map_err(|e| anyhow::anyhow!("--guard {}: {e}; is `inferenceguard up` running?", args.guard))?;
     let timeout = Duration::try_from_secs_f64(args.timeout_seconds).map_err(|_| anyhow::anyhow!("--timeout-seconds: must be >= 0"))?;
     let result = generate_with_progress(&client, &args.prompt, &args.search, timeout).await?;

@@ -20,7 +20,7 @@ pub struct ScoreArgs {
 }
 
 pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
-    let client = ScorerClient::connect_lazy(&args.scorer)?;
+    let client = ScorerClient::connect_lazy(&args.scorer, None)?;
     client.wait_ready(Duration::from_secs(30)).await?;
     let info = client.info().await?;
     let score = client.score(&[(args.prompt.as_str(), args.response.as_str())]).await?[0];

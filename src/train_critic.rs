@@ -291,13 +291,13 @@ async fn rollouts(args: &TrainCriticArgs) -> anyhow::Result<(RolloutHeader, Vec<
         bail!("--prompts, --samples, --chunk-tokens and --max-new-tokens must be at least 1");
     }
     match &args.registry {
-        Some(path) => collect(&*Registry::load(path)?, args).await,
+        Some(path) => collect(&*Registry::load(path, None)?, args).await,
         None => {
             ensure_demo_assets(&args.policy)?;
             let mesh = Mesh::start(args.policy.clone(), &args.scorers, Addresses::any_loopback()).await?;
             let collected = async {
                 mesh.wait_ready().await?;
-                collect(&*Registry::load(mesh.registry())?, args).await
+                collect(&*Registry::load(mesh.registry(), mesh.client_tls()?)?, args).await
             }
             .await;
             mesh.stop().await?;

@@ -123,6 +123,10 @@ pub struct UpArgs {
     /// Address of the orchestrator (the public GuardService).
     #[arg(long, default_value = "127.0.0.1:50050")]
     pub guard_listen: SocketAddr,
+    /// Run the mesh secured: a throw-away CA and certificates, mTLS between the orchestrator
+    /// and every role, TLS and a bearer token (printed) on the Guard API.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The demo's harmful request.
@@ -229,6 +233,8 @@ pub(crate) struct Mesh {
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     /// The first role server that stopped with an error (e.g. a model that fails its warm-up).
     failed: watch::Receiver<Option<String>>,
+    /// The certificates and token of a secured mesh (`up --tls`).
+    security: Option<LoopbackSecurity>,
 }
 
 /// Runs a role server, reporting its error on `failed` so that waiting for the mesh stops.
@@ -253,13 +259,64 @@ pub(crate) struct Addresses {
     cost: SocketAddr,
     reward: SocketAddr,
     guard: SocketAddr,
+    /// Whether to secure the mesh ([`LoopbackSecurity`]).
+    tls: bool,
 }
 
 impl Addresses {
     /// Free loopback ports.
     pub(crate) fn any_loopback() -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self { policy: any, cost: any, reward: any, guard: any }
+        Self { policy: any, cost: any, reward: any, guard: any, tls: false }
+    }
+}
+
+/// What `up --tls` secures the loopback mesh with: a throw-away CA, one server certificate
+/// for 127.0.0.1 and localhost that every server presents, a client certificate for the
+/// orchestrator and the command line (the roles require one: mTLS), and a bearer token the
+/// Guard API requires. All in a temporary directory that goes with the mesh.
+pub(crate) struct LoopbackSecurity {
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+    tokens: PathBuf,
+    token: String,
+}
+
+impl LoopbackSecurity {
+    fn generate() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("inferenceguard-tls-").tempdir()?;
+        let pki = ig_serve::tls::ThrowawayPki::new(dir.path(), "InferenceGuard loopback CA (throw-away)")?;
+        let server = pki.server("server", &["127.0.0.1", "localhost"])?;
+        let client = pki.client("client")?;
+        let token = {
+            use rand::Rng;
+            let bytes: [u8; 24] = rand::rng().random();
+            hex::encode(bytes)
+        };
+        let tokens = dir.path().join("tokens.toml");
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        std::fs::write(&tokens, format!("# Written by `inferenceguard up --tls`.\n[[token]]\nname = \"loopback\"\nsha256 = \"{digest}\"\n"))?;
+        Ok(Self { ca: pki.ca.clone(), dir, server, client, tokens, token })
+    }
+
+    /// A server's flags; `mtls`: clients must present a certificate of the CA.
+    fn server_args(&self, mtls: bool) -> ig_serve::tls::ServerTlsArgs {
+        ig_serve::tls::ServerTlsArgs {
+            tls_cert: Some(self.server.0.clone()),
+            tls_key: Some(self.server.1.clone()),
+            tls_client_ca: mtls.then(|| self.ca.clone()),
+        }
+    }
+
+    /// A client's flags (the orchestrator's towards the roles, the command line's).
+    fn client_args(&self) -> ig_serve::tls::ClientTlsArgs {
+        ig_serve::tls::ClientTlsArgs {
+            tls_ca: Some(self.ca.clone()),
+            tls_client_cert: Some(self.client.0.clone()),
+            tls_client_key: Some(self.client.1.clone()),
+        }
     }
 }
 
@@ -270,7 +327,16 @@ fn stem(p: &std::path::Path) -> String {
 
 /// The registry of a loopback mesh: one policy, the default cost model and
 /// the extra ones, one reward model, the critics.
-fn loopback_registry(policy: SocketAddr, cost: SocketAddr, reward: SocketAddr, scorers: &MeshModels, extra_costs: &[(String, SocketAddr)], critics: &[ServedCritic]) -> String {
+#[allow(clippy::too_many_arguments)]
+fn loopback_registry(
+    scheme: &str,
+    policy: SocketAddr,
+    cost: SocketAddr,
+    reward: SocketAddr,
+    scorers: &MeshModels,
+    extra_costs: &[(String, SocketAddr)],
+    critics: &[ServedCritic],
+) -> String {
     let mut text = format!(
         r#"# Written by `inferenceguard up`. Add a [[scorer]] entry (a new cost model's
 # endpoints) and the orchestrator picks it up within seconds; requests choose
@@ -278,18 +344,18 @@ fn loopback_registry(policy: SocketAddr, cost: SocketAddr, reward: SocketAddr, s
 
 [[policy]]
 name = "policy"
-endpoints = ["http://{policy}"]
+endpoints = ["{scheme}://{policy}"]
 
 [[scorer]]
 name = "{cost_name}"
 role = "cost"
-endpoints = ["http://{cost}"]
+endpoints = ["{scheme}://{cost}"]
 default = true
 
 [[scorer]]
 name = "{reward_name}"
 role = "reward"
-endpoints = ["http://{reward}"]
+endpoints = ["{scheme}://{reward}"]
 default = true
 "#,
         cost_name = stem(&scorers.cost_model),
@@ -297,10 +363,10 @@ default = true
     );
     // Not default: requests and eval judges name them.
     for (name, addr) in extra_costs {
-        text += &format!("\n[[scorer]]\nname = \"{name}\"\nrole = \"cost\"\nendpoints = [\"http://{addr}\"]\n");
+        text += &format!("\n[[scorer]]\nname = \"{name}\"\nrole = \"cost\"\nendpoints = [\"{scheme}://{addr}\"]\n");
     }
     for c in critics {
-        text += &format!("\n[[critic]]\nname = \"{}\"\nobjective = \"{}\"\nendpoints = [\"http://{}\"]\n", c.name, c.objective.as_str(), c.addr);
+        text += &format!("\n[[critic]]\nname = \"{}\"\nobjective = \"{}\"\nendpoints = [\"{scheme}://{}\"]\n", c.name, c.objective.as_str(), c.addr);
     }
     text
 }
@@ -328,13 +394,17 @@ impl Mesh {
         let gl = bind("orchestrator", at.guard).await?;
         let (policy_addr, cost_addr, reward_addr, guard_addr) = (pl.local_addr()?, cl.local_addr()?, rl.local_addr()?, gl.local_addr()?);
         let extras = scorers.extra_cost_models()?;
+        let security = if at.tls { Some(LoopbackSecurity::generate()?) } else { None };
+        let server_tls = |mtls| security.as_ref().map(|s| s.server_args(mtls)).unwrap_or_default();
+        let scheme = if security.is_some() { "https" } else { "http" };
         let engines = RoleEngines::start(policy, scorers, cost_addr, reward_addr)?;
         let mut extra_costs = Vec::new();
         let mut extra_tasks = Vec::new();
         for (name, path) in extras {
             let listener = bind("extra cost model", SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             let addr = listener.local_addr()?;
-            let args = ScorerArgs::with_model(&path, addr);
+            let mut args = ScorerArgs::with_model(&path, addr);
+            args.tls = server_tls(true);
             let engine = ig_scorer::start_engine(&args)?;
             let shutdown = signal(stopped.clone());
             extra_tasks.push(watched(format!("extra cost model {name}"), &failed_tx, async move { ig_scorer::serve(engine, &args, listener, shutdown).await }));
@@ -345,7 +415,8 @@ impl Mesh {
         for (path, objective) in scorers.critics()? {
             let listener = bind("critic", SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             let addr = listener.local_addr()?;
-            let args = ig_critic::CriticArgs::with_model(&path, addr);
+            let mut args = ig_critic::CriticArgs::with_model(&path, addr);
+            args.tls = server_tls(true);
             let engine = ig_critic::start_engine(&args)?;
             let shutdown = signal(stopped.clone());
             critic_tasks.push(watched("critic", &failed_tx, async move { ig_critic::serve(engine, &args, listener, shutdown).await }));
@@ -353,21 +424,30 @@ impl Mesh {
         }
         let registry_dir = tempfile::Builder::new().prefix("inferenceguard-up-").tempdir()?;
         let registry = registry_dir.path().join("registry.toml");
-        std::fs::write(&registry, loopback_registry(policy_addr, cost_addr, reward_addr, scorers, &extra_costs, &critics))?;
-        let guard = ig_orchestrator::OrchestratorArgs::with_registry(&registry, guard_addr);
+        std::fs::write(&registry, loopback_registry(scheme, policy_addr, cost_addr, reward_addr, scorers, &extra_costs, &critics))?;
+        let mut guard = ig_orchestrator::OrchestratorArgs::with_registry(&registry, guard_addr);
+        if let Some(s) = &security {
+            // The Guard API: TLS and a bearer token (clients need no certificate of their own).
+            guard.tls = s.server_args(false);
+            guard.role_tls = s.client_args();
+            guard.auth_tokens = Some(s.tokens.clone());
+        }
         let mut tasks = vec![
             watched("policy", &failed_tx, {
                 let (engine, mut args, shutdown) = (engines.policy.clone(), engines.policy_args.clone(), signal(stopped.clone()));
                 // A loopback mesh has no endpoints to leave: stop at once, as the other roles do.
                 args.drain = ig_serve::DrainArgs::immediate();
+                args.tls = server_tls(true);
                 async move { ig_policy::serve(engine, &args, pl, shutdown).await }
             }),
             watched("cost model", &failed_tx, {
-                let (engine, args, shutdown) = (engines.cost.clone(), engines.cost_args.clone(), signal(stopped.clone()));
+                let (engine, mut args, shutdown) = (engines.cost.clone(), engines.cost_args.clone(), signal(stopped.clone()));
+                args.tls = server_tls(true);
                 async move { ig_scorer::serve(engine, &args, cl, shutdown).await }
             }),
             watched("reward model", &failed_tx, {
-                let (engine, args, shutdown) = (engines.reward.clone(), engines.reward_args.clone(), signal(stopped.clone()));
+                let (engine, mut args, shutdown) = (engines.reward.clone(), engines.reward_args.clone(), signal(stopped.clone()));
+                args.tls = server_tls(true);
                 async move { ig_scorer::serve(engine, &args, rl, shutdown).await }
             }),
             watched("orchestrator", &failed_tx, ig_orchestrator::run(guard, gl, signal(stopped))),
@@ -387,7 +467,21 @@ impl Mesh {
             stop,
             tasks,
             failed,
+            security,
         })
+    }
+
+    /// The URL of a server of this mesh.
+    fn url(&self, addr: SocketAddr) -> String {
+        format!("{}://{addr}", if self.security.is_some() { "https" } else { "http" })
+    }
+
+    /// What a client of this mesh's servers verifies them with (and presents to the roles).
+    pub(crate) fn client_tls(&self) -> anyhow::Result<Option<ig_serve::tls::ClientTls>> {
+        match &self.security {
+            Some(s) => ig_serve::tls::ClientTls::from_args(&s.client_args()),
+            None => Ok(None),
+        }
     }
 
     /// Waits until every role serves; the client of the orchestrator.
@@ -395,18 +489,23 @@ impl Mesh {
         let bar = ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}")?);
         bar.enable_steady_tick(Duration::from_millis(120));
         bar.set_message("loading and warming up the models");
-        let policy = PolicyClient::connect_lazy(&format!("http://{}", self.policy))?;
-        let cost = ScorerClient::connect_lazy(&format!("http://{}", self.cost))?;
-        let reward = ScorerClient::connect_lazy(&format!("http://{}", self.reward))?;
+        let tls = self.client_tls()?;
+        let tls = tls.as_ref();
+        let policy = PolicyClient::connect_lazy(&self.url(self.policy), tls)?;
+        let cost = ScorerClient::connect_lazy(&self.url(self.cost), tls)?;
+        let reward = ScorerClient::connect_lazy(&self.url(self.reward), tls)?;
         let limit = Duration::from_secs(600);
-        let guard = GuardClient::connect_lazy(&format!("http://{}", self.guard))?;
+        let mut guard = GuardClient::connect_lazy(&self.url(self.guard), tls)?;
+        if let Some(s) = &self.security {
+            guard = guard.with_token(&s.token)?;
+        }
         let critics = futures::future::try_join_all(self.critics.iter().map(|c| async move {
-            let endpoint = format!("http://{}", c.addr);
-            let channel = ig_orchestrator::channel::connect_lazy(&endpoint)?;
+            let endpoint = self.url(c.addr);
+            let channel = ig_orchestrator::channel::connect_lazy(&endpoint, tls)?;
             ig_orchestrator::channel::wait_serving(&channel, &endpoint, ig_critic::SERVICE_NAME, limit).await
         }));
         let extra_costs = futures::future::try_join_all(self.extra_costs.iter().map(|(_, addr)| async move {
-            ScorerClient::connect_lazy(&format!("http://{addr}"))?.wait_ready(limit).await
+            ScorerClient::connect_lazy(&self.url(*addr), tls)?.wait_ready(limit).await
         }));
         let ready = async {
             tokio::try_join!(policy.wait_ready(limit), cost.wait_ready(limit), reward.wait_ready(limit), guard.wait_ready(limit), extra_costs, critics)
@@ -428,7 +527,7 @@ impl Mesh {
         let verdict = if crate::eval::judge::refused(response) { "refuses" } else { "complies" };
         let mut lines = vec![format!("phrase judge: {verdict}")];
         for (name, addr) in &self.extra_costs {
-            let cost = ScorerClient::connect_lazy(&format!("http://{addr}"))?.score(&[(prompt, response)]).await?[0];
+            let cost = ScorerClient::connect_lazy(&self.url(*addr), self.client_tls()?.as_ref())?.score(&[(prompt, response)]).await?[0];
             lines.push(format!("{name}: {} ({cost:+.3})", if cost > 0.0 { "UNSAFE" } else { "safe" }));
         }
         Ok(lines)
@@ -440,17 +539,37 @@ impl Mesh {
     }
 
     fn print_endpoints(&self) {
-        println!("policy  grpc://{}  (inferenceguard.v1.PolicyService)", self.policy);
-        println!("cost    grpc://{}  (inferenceguard.v1.ScorerService)", self.cost);
-        println!("reward  grpc://{}  (inferenceguard.v1.ScorerService)", self.reward);
+        let url = |addr: SocketAddr| self.url(addr);
+        println!("policy  {}  (inferenceguard.v1.PolicyService)", url(self.policy));
+        println!("cost    {}  (inferenceguard.v1.ScorerService)", url(self.cost));
+        println!("reward  {}  (inferenceguard.v1.ScorerService)", url(self.reward));
         for (name, addr) in &self.extra_costs {
-            println!("cost    grpc://{addr}  (inferenceguard.v1.ScorerService: {name}, not the default; cost_model = \"{name}\")");
+            println!("cost    {}  (inferenceguard.v1.ScorerService: {name}, not the default; cost_model = \"{name}\")", url(*addr));
         }
         for c in &self.critics {
-            println!("critic  grpc://{}  (inferenceguard.v1.CriticService: {}, objective {})", c.addr, c.name, c.objective.as_str());
+            println!("critic  {}  (inferenceguard.v1.CriticService: {}, objective {})", url(c.addr), c.name, c.objective.as_str());
         }
-        println!("guard   grpc://{}  (inferenceguard.v1.GuardService, the public API)", self.guard);
+        println!("guard   {}  (inferenceguard.v1.GuardService, the public API)", url(self.guard));
         println!("registry {}", self.registry.display());
+        if let Some(s) = &self.security {
+            println!();
+            println!("secured (throw-away certificates in {}):", s.dir.path().display());
+            println!("  roles: mTLS, only clients with a certificate of the CA {} (the orchestrator's: {})", s.ca.display(), s.client.0.display());
+            println!("  guard: TLS, bearer token required; the token is {}", s.token);
+        }
+    }
+
+    /// The `generate` command line that reaches this mesh's guard.
+    fn generate_hint(&self) -> String {
+        match &self.security {
+            None => "inferenceguard generate \"How do I bake bread?\" --samples 16 --max-new-tokens 64".into(),
+            Some(s) => format!(
+                "inferenceguard generate --guard {} --tls-ca {} --token {} \"How do I bake bread?\" --samples 16 --max-new-tokens 64",
+                self.url(self.guard),
+                s.ca.display(),
+                s.token
+            ),
+        }
     }
 
     /// Stops every server and waits for them to drain.
@@ -477,11 +596,11 @@ pub(crate) fn ensure_demo_assets(policy: &ig_policy::PolicyArgs) -> anyhow::Resu
 pub async fn up(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let _telemetry = ig_serve::telemetry::init("inferenceguard", log_format, None)?;
     ensure_demo_assets(&args.policy)?;
-    let at = Addresses { policy: args.policy.listen, cost: args.cost_listen, reward: args.reward_listen, guard: args.guard_listen };
+    let at = Addresses { policy: args.policy.listen, cost: args.cost_listen, reward: args.reward_listen, guard: args.guard_listen, tls: args.tls };
     let mesh = Mesh::start(args.policy, &args.scorers, at).await?;
     mesh.wait_ready().await?;
     mesh.print_endpoints();
-    println!("mesh is up; try: inferenceguard generate \"How do I bake bread?\" --samples 16 --max-new-tokens 64   (Ctrl-C to stop)");
+    println!("mesh is up; try: {}   (Ctrl-C to stop)", mesh.generate_hint());
     ig_serve::server::shutdown_signal().await;
     mesh.stop().await
 }
@@ -652,7 +771,7 @@ mod tests {
         let w = Wrap::parse_from(["up", "--cost-model", "m/guide.safetensors", "--extra-cost-model", "m/j1.safetensors,m/j2.safetensors"]);
         let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let extras: Vec<(String, SocketAddr)> = w.models.extra_cost_models().unwrap().into_iter().zip([at(7), at(8)]).map(|((n, _), a)| (n, a)).collect();
-        let text = loopback_registry(at(1), at(2), at(3), &w.models, &extras, &[]);
+        let text = loopback_registry("http", at(1), at(2), at(3), &w.models, &extras, &[]);
         let registry = ig_orchestrator::registry::Registry::from_toml(&text).unwrap();
         let snapshot = registry.snapshot();
         use ig_orchestrator::registry::EntryRole;

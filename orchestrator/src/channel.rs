@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use ig_serve::tls::ClientTls;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -50,17 +51,22 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// interval + timeout, instead of hanging until the request's deadline.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`) that connects on
-/// first use and is kept alive by pings.
-pub fn connect_lazy(endpoint: &str) -> Result<Channel, ClientError> {
-    Ok(Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| ClientError::Connect { endpoint: endpoint.into(), message: e.to_string() })?
+/// A channel to `endpoint` (e.g. `http://127.0.0.1:50051`, or `https://...` with `tls`)
+/// that connects on first use and is kept alive by pings.
+pub fn connect_lazy(endpoint: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
+    let invalid = |message: String| ClientError::Connect { endpoint: endpoint.into(), message };
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| invalid(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true);
+    match (endpoint.starts_with("https://"), tls) {
+        (false, _) => Ok(ep.connect_lazy()),
+        (true, Some(tls)) => Ok(ep.connect_with_connector_lazy(tls.connector())),
+        (true, None) => Err(invalid("an https:// endpoint needs --tls-ca (the CA that signed the server's certificate)".into())),
+    }
 }
 
 /// The longest one health check may take in [`wait_serving`].

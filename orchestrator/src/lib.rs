@@ -13,6 +13,7 @@
 //! A search's state lives only as long as its request: any replica of the
 //! orchestrator serves any request.
 
+pub mod auth;
 pub mod channel;
 pub mod guard;
 pub mod guard_client;
@@ -41,6 +42,7 @@ pub use policy_client::PolicyClient;
 pub use registry::Registry;
 pub use scorer_client::ScorerClient;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 
 /// Flags of the orchestrator. Every flag also reads an `IG_*` variable.
 #[derive(Debug, Clone, Args)]
@@ -85,6 +87,19 @@ pub struct OrchestratorArgs {
     /// How the server stops on SIGTERM.
     #[command(flatten)]
     pub drain: ig_serve::DrainArgs,
+    /// TLS and mTLS of the Guard API.
+    #[command(flatten)]
+    pub tls: ig_serve::tls::ServerTlsArgs,
+    /// TLS towards the roles (the registry's https:// endpoints).
+    #[command(flatten)]
+    pub role_tls: ig_serve::tls::ClientTlsArgs,
+    /// Named bearer tokens (TOML, `[[token]] name = .. sha256 = ..`): every GuardService call
+    /// must carry `authorization: Bearer <token>`. Re-read when it changes.
+    #[arg(long, env = "IG_AUTH_TOKENS_FILE")]
+    pub auth_tokens: Option<PathBuf>,
+    /// Serve gRPC reflection (v1 and v1alpha); `--reflection=false` turns it off.
+    #[arg(long, env = "IG_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
 }
 
 impl OrchestratorArgs {
@@ -129,13 +144,24 @@ fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
 /// Serves the GuardService on `listener` until `shutdown` resolves.
 pub async fn run(args: OrchestratorArgs, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let limits = args.limits()?;
-    let registry = Registry::load(&args.registry)?;
-    registry.spawn_watch(seconds("--registry-poll-seconds", args.registry_poll_seconds)?);
+    let poll = seconds("--registry-poll-seconds", args.registry_poll_seconds)?;
+    let registry = Registry::load(&args.registry, ig_serve::tls::ClientTls::from_args(&args.role_tls)?)?;
+    registry.spawn_watch(poll);
     registry.spawn_health(seconds("--health-interval-seconds", args.health_interval_seconds)?);
-    let options = ServeOptions::new(vec![guard::SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?;
+    let mut options = ServeOptions::new(vec![guard::SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?.with_tls(&args.tls)?;
+    options.reflection = args.reflection;
     let server = GuardServer::new(registry, limits);
     let service = GuardServiceServer::new(server).max_decoding_message_size(options.max_message_bytes).max_encoding_message_size(usize::MAX);
     // Nothing to load: the orchestrator serves as soon as it listens.
     let (_ready, state) = tokio::sync::watch::channel(EngineState::Ready);
-    ig_serve::serve(listener, tonic::service::Routes::new(service), state, options, shutdown).await
+    let routes = match &args.auth_tokens {
+        Some(path) => tonic::service::Routes::new(InterceptedService::new(service, auth::TokenAuth::load(path, poll)?)),
+        None => {
+            if !listener.local_addr()?.ip().is_loopback() {
+                tracing::warn!(listen = %args.listen, "no --auth-tokens: anyone who reaches this address can run searches on the mesh's GPUs");
+            }
+            tonic::service::Routes::new(service)
+        }
+    };
+    ig_serve::serve(listener, routes, state, options, shutdown).await
 }

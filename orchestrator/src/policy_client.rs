@@ -9,6 +9,7 @@ use ig_proto::v1::policy_service_client::PolicyServiceClient;
 use tonic::transport::Channel;
 
 pub use crate::channel::ClientError;
+use ig_serve::tls::ClientTls;
 use crate::channel::{connect_lazy, wait_serving};
 
 /// Name of the policy service in `grpc.health.v1`.
@@ -24,8 +25,9 @@ pub struct PolicyClient {
 
 impl PolicyClient {
     /// Connects lazily to `endpoint` (e.g. `http://127.0.0.1:50051`).
-    pub fn connect_lazy(endpoint: &str) -> Result<Self, ClientError> {
-        let channel = connect_lazy(endpoint)?;
+    /// `tls` verifies an https:// endpoint (and presents a client certificate where it has one).
+    pub fn connect_lazy(endpoint: &str, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
+        let channel = connect_lazy(endpoint, tls)?;
         let inner = PolicyServiceClient::new(channel.clone())
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);

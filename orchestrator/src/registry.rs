@@ -37,6 +37,7 @@ use serde::Deserialize;
 use tonic::transport::Channel;
 
 use crate::channel::connect_lazy;
+use ig_serve::tls::ClientTls;
 use crate::search::CriticObjective;
 
 /// The role a registry entry plays.
@@ -321,7 +322,7 @@ struct Parsed {
 }
 
 /// Parses and checks a registry file's text. Errors name the entry and field.
-fn parse(text: &str) -> Result<Vec<Parsed>, String> {
+fn parse(text: &str, tls: bool) -> Result<Vec<Parsed>, String> {
     let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut out: Vec<Parsed> = Vec::new();
     let sections = [("policy", file.policy), ("scorer", file.scorer), ("critic", file.critic)];
@@ -342,13 +343,12 @@ fn parse(text: &str) -> Result<Vec<Parsed>, String> {
                 return Err(format!("{at}.endpoints: at least one endpoint is required"));
             }
             for (j, ep) in e.endpoints.iter().enumerate() {
-                // TLS to the roles does not exist yet: an https:// endpoint would be dialled in
-                // cleartext, so it is refused rather than trusted.
-                if ep.starts_with("https://") {
-                    return Err(format!("{at}.endpoints[{j}]: {ep:?}: TLS to roles is not supported yet; use an http:// endpoint on the cluster network"));
+                // Never dial an https:// endpoint in cleartext: without a CA to verify it, refuse it.
+                if ep.starts_with("https://") && !tls {
+                    return Err(format!("{at}.endpoints[{j}]: {ep:?}: an https:// endpoint needs the orchestrator's --tls-ca (the CA of the roles' certificates)"));
                 }
-                if !ep.starts_with("http://") || ep.parse::<http::Uri>().is_err() {
-                    return Err(format!("{at}.endpoints[{j}]: {ep:?} is not an http:// URL"));
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.parse::<http::Uri>().is_err() {
+                    return Err(format!("{at}.endpoints[{j}]: {ep:?} is not an http:// or https:// URL"));
                 }
             }
             if out.iter().any(|p| p.role == role && p.name == e.name) {
@@ -390,22 +390,23 @@ fn parse(text: &str) -> Result<Vec<Parsed>, String> {
 #[derive(Debug)]
 pub struct Registry {
     path: Option<PathBuf>,
+    tls: Option<ClientTls>,
     current: RwLock<(String, Arc<Snapshot>)>,
     replicas: Mutex<HashMap<(String, EntryRole), Arc<Replica>>>,
 }
 
 impl Registry {
-    /// Reads the registry from `path`.
-    pub fn load(path: &Path) -> anyhow::Result<Arc<Self>> {
+    /// Reads the registry from `path`; `tls` connects its https:// endpoints.
+    pub fn load(path: &Path, tls: Option<ClientTls>) -> anyhow::Result<Arc<Self>> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--registry {}: {e}", path.display()))?;
-        let r = Arc::new(Self { path: Some(path.to_path_buf()), current: Default::default(), replicas: Default::default() });
+        let r = Arc::new(Self { path: Some(path.to_path_buf()), tls, current: Default::default(), replicas: Default::default() });
         r.apply(&text).map_err(|e| anyhow::anyhow!("--registry {}: {e}", path.display()))?;
         Ok(r)
     }
 
     /// A registry from TOML text (no file: never reloads).
     pub fn from_toml(text: &str) -> anyhow::Result<Arc<Self>> {
-        let r = Arc::new(Self { path: None, current: Default::default(), replicas: Default::default() });
+        let r = Arc::new(Self { path: None, tls: None, current: Default::default(), replicas: Default::default() });
         r.apply(text).map_err(|e| anyhow::anyhow!("registry: {e}"))?;
         Ok(r)
     }
@@ -434,7 +435,7 @@ impl Registry {
         if self.current.read().expect("registry lock").0 == text {
             return Ok(false);
         }
-        let parsed = parse(text)?;
+        let parsed = parse(text, self.tls.is_some())?;
         let mut replicas = self.replicas.lock().expect("replica lock");
         let mut entries = Vec::new();
         for Parsed { role, name, endpoints, default, description, objective } in parsed {
@@ -444,7 +445,7 @@ impl Registry {
                 let replica = match replicas.get(&key) {
                     Some(r) => r.clone(),
                     None => {
-                        let channel = connect_lazy(&ep).map_err(|e| e.to_string())?;
+                        let channel = connect_lazy(&ep, self.tls.as_ref()).map_err(|e| e.to_string())?;
                         let r = Arc::new(Replica::new(ep, channel));
                         replicas.insert(key, r.clone());
                         r
@@ -650,7 +651,7 @@ mod tests {
         assert_eq!(s.resolve_critic("", CriticObjective::Reward).unwrap().name, "rc-b");
         assert_eq!(s.resolve_critic("rc-a", CriticObjective::Augmented).unwrap().objective, Some(CriticObjective::Reward));
         assert!(matches!(s.resolve_critic("", CriticObjective::Lagrangian), Err(LookupError::NotFound(m)) if m.contains("lagrangian")));
-        let err = parse(&text.replace("name = \"rc-a\"", "name = \"rc-a\"\ndefault = true")).unwrap_err();
+        let err = parse(&text.replace("name = \"rc-a\"", "name = \"rc-a\"\ndefault = true"), false).unwrap_err();
         assert!(err.contains("reward critics rc-a, rc-b"), "{err}");
     }
 
@@ -661,7 +662,7 @@ mod tests {
             ("[[policy]]\nname = \"\"\nendpoints = [\"http://a:1\"]\n", "policy[0].name"),
             ("[[policy]]\nname = \"p\"\nendpoints = []\n", "policy[0].endpoints"),
             ("[[policy]]\nname = \"p\"\nendpoints = [\"a:1\"]\n", "policy[0].endpoints[0]"),
-            ("[[policy]]\nname = \"p\"\nendpoints = [\"https://policy:50051\"]\n", "policy[0].endpoints[0]: \"https://policy:50051\": TLS to roles is not supported yet"),
+            ("[[policy]]\nname = \"p\"\nendpoints = [\"https://policy:50051\"]\n", "policy[0].endpoints[0]: \"https://policy:50051\": an https:// endpoint needs the orchestrator's --tls-ca"),
             ("[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\n[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\n", "policy[1].name"),
             ("[[policy]]\nname = \"p\"\nendpoints = [\"http://a:1\"]\ncolour = 1\n", "colour"),
             ("[[critic]]\nname = \"v\"\nendpoints = [\"http://a:1\"]\n", "critic[0].objective"),
@@ -669,11 +670,11 @@ mod tests {
             ("[[policy]]\nname = \"p\"\nobjective = \"reward\"\nendpoints = [\"http://a:1\"]\n", "policy[0].objective"),
         ];
         for (text, needle) in cases {
-            let err = parse(text).unwrap_err();
+            let err = parse(text, false).unwrap_err();
             assert!(err.contains(needle), "{err:?} should name {needle}");
         }
         let two_defaults = TWO_COSTS.replace("name = \"lenient\"", "name = \"lenient\"\ndefault = true");
-        assert!(parse(&two_defaults).unwrap_err().contains("strict, lenient"));
+        assert!(parse(&two_defaults, false).unwrap_err().contains("strict, lenient"));
     }
 
     #[tokio::test]
@@ -681,7 +682,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.toml");
         std::fs::write(&path, TWO_COSTS).unwrap();
-        let r = Registry::load(&path).unwrap();
+        let r = Registry::load(&path, None).unwrap();
         let before = r.snapshot();
         std::fs::write(&path, TWO_COSTS.replace("default = true", "").replace("name = \"lenient\"", "name = \"lenient\"\ndefault = true")).unwrap();
         r.reload();

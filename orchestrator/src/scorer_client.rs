@@ -8,6 +8,7 @@ use ig_proto::v1::scorer_service_client::ScorerServiceClient;
 use tonic::transport::Channel;
 
 pub use crate::channel::ClientError;
+use ig_serve::tls::ClientTls;
 use crate::channel::{connect_lazy, wait_serving};
 
 /// Name of the scorer service in `grpc.health.v1`.
@@ -23,8 +24,9 @@ pub struct ScorerClient {
 
 impl ScorerClient {
     /// Connects lazily to `endpoint` (e.g. `http://127.0.0.1:50052`).
-    pub fn connect_lazy(endpoint: &str) -> Result<Self, ClientError> {
-        let channel = connect_lazy(endpoint)?;
+    /// `tls` verifies an https:// endpoint (and presents a client certificate where it has one).
+    pub fn connect_lazy(endpoint: &str, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
+        let channel = connect_lazy(endpoint, tls)?;
         Ok(Self { endpoint: endpoint.into(), inner: ScorerServiceClient::new(channel.clone()), channel })
     }
 

@@ -93,19 +93,24 @@ async fn all(args: AllArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let mut scorer: scorer::ScorerBench = defaults();
     let mut search: search::SearchBench = defaults();
     let mut soak: soak::SoakBench = defaults();
+    let mut load: load::LoadBench = defaults();
     if args.quick {
         policy.quick();
         scorer.quick();
         search.quick();
         soak.quick();
+        load.quick();
     }
     (policy.peer, policy.json) = (true, json("policy"));
     scorer.json = json("scorer");
     (search.compare, search.json) = (true, json("search"));
     soak.json = json("soak");
+    load.json = json("load");
 
     // The soak first: its RSS is the whole process's, so nothing else may have run yet.
     soak::run(soak, log_format).await?;
+    println!();
+    load::run(load, log_format).await?;
     println!();
     policy::run(policy)?;
     println!();

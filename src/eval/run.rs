@@ -52,6 +52,9 @@ pub struct EvalArgs {
     /// Registry of that mesh (as `inferenceguard up` writes it): the eval reads the response's cost along the way from its policy and cost model.
     #[arg(long, requires = "guard")]
     pub registry: Option<PathBuf>,
+    /// Token and TLS towards that mesh (its CA also verifies the registry's https:// roles).
+    #[command(flatten)]
+    pub access: crate::generate_cmd::GuardAccess,
     /// Requests in flight at once (1: time per prompt is one request's alone).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -466,9 +469,9 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let prompts = prompts::read(prompt_set)?;
     let (records, failed) = match (&args.guard, &args.registry) {
         (Some(guard), Some(registry)) => {
-            let registry = Registry::load(registry)?;
+            let registry = Registry::load(registry, ig_serve::tls::ClientTls::from_args(&args.access.tls)?)?;
             check_judges(&args.judges, &registry.snapshot(), &plan(&args))?;
-            let client = GuardClient::connect_lazy(guard)?;
+            let client = args.access.client(guard)?;
             client.wait_ready(Duration::from_secs(30)).await.map_err(|e| anyhow::anyhow!("--guard {guard}: {e}"))?;
             evaluate(&args, &prompts, &client, registry).await?
         }
@@ -477,7 +480,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             let mesh = Mesh::start(args.policy.clone(), &args.models, Addresses::any_loopback()).await?;
             let result = async {
                 // The registry is written before the models load: a wrong --judge fails at once.
-                let registry = Registry::load(mesh.registry())?;
+                let registry = Registry::load(mesh.registry(), mesh.client_tls()?)?;
                 check_judges(&args.judges, &registry.snapshot(), &plan(&args))?;
                 let client = mesh.wait_ready().await?;
                 evaluate(&args, &prompts, &client, registry).await
@@ -598,7 +601,7 @@ endpoints = ["http://127.0.0.1:5"]
         let args = eval_args(&set, &out, "4", &both);
         let mesh = Mesh::start(args.policy.clone(), &args.models, Addresses::any_loopback()).await.unwrap();
         let guard = mesh.wait_ready().await.unwrap();
-        let registry = || Registry::load(mesh.registry()).unwrap();
+        let registry = || Registry::load(mesh.registry(), None).unwrap();
         let results = results_path(&out);
 
         // Kill the run (no judge yet) once two (prompt, method) pairs are on disk, then tear a third line as a crash mid-write would.
@@ -679,7 +682,7 @@ endpoints = ["http://127.0.0.1:5"]
         let with_dead = dir.path().join("registry-dead-judge.toml");
         let text = std::fs::read_to_string(mesh.registry()).unwrap();
         std::fs::write(&with_dead, format!("{text}\n[[scorer]]\nname = \"dead-judge\"\nrole = \"cost\"\nendpoints = [\"http://{closed}\"]\n")).unwrap();
-        let dead_registry = || Registry::load(&with_dead).unwrap();
+        let dead_registry = || Registry::load(&with_dead, None).unwrap();
         let dead = [&both[..], &["--judge", "dead-judge"]].concat();
         // Stored answers stay as they were when their judging fails.
         let (_, failed) = evaluate(&eval_args(&set, &out, "4", &dead), &prompts, &guard, dead_registry()).await.unwrap();

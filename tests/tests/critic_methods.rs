@@ -28,7 +28,7 @@ async fn serve_critic(path: &Path) -> SocketAddr {
     let args = ig_critic::CriticArgs::with_model(path, addr);
     tokio::spawn(ig_critic::run(args, listener, std::future::pending()));
     let endpoint = format!("http://{addr}");
-    let channel = ig_orchestrator::channel::connect_lazy(&endpoint).unwrap();
+    let channel = ig_orchestrator::channel::connect_lazy(&endpoint, None).unwrap();
     ig_orchestrator::channel::wait_serving(&channel, &endpoint, ig_critic::SERVICE_NAME, std::time::Duration::from_secs(60)).await.unwrap();
     addr
 }

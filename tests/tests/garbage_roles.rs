@@ -131,12 +131,12 @@ async fn serve(routes: tonic::service::Routes, name: &'static str) -> SocketAddr
 }
 
 async fn corrupt_policy(fault: PolicyFault) -> SocketAddr {
-    let inner = PolicyServiceClient::new(ig_orchestrator::channel::connect_lazy(&format!("http://{}", shared_roles().policy)).unwrap());
+    let inner = PolicyServiceClient::new(ig_orchestrator::channel::connect_lazy(&format!("http://{}", shared_roles().policy), None).unwrap());
     serve(tonic::service::Routes::new(PolicyServiceServer::new(CorruptPolicy { inner, fault })), "inferenceguard.v1.PolicyService").await
 }
 
 async fn corrupt_scorer(fault: ScorerFault) -> SocketAddr {
-    let inner = ScorerServiceClient::new(ig_orchestrator::channel::connect_lazy(&format!("http://{}", shared_roles().cost)).unwrap());
+    let inner = ScorerServiceClient::new(ig_orchestrator::channel::connect_lazy(&format!("http://{}", shared_roles().cost), None).unwrap());
     serve(tonic::service::Routes::new(ScorerServiceServer::new(CorruptScorer { inner, fault })), "inferenceguard.v1.ScorerService").await
 }
 

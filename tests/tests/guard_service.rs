@@ -185,7 +185,7 @@ async fn an_exceeded_deadline_stops_the_search_and_its_roles() {
     let roles = shared_roles();
     let g = GuardUnderTest::start(&registry_toml(roles, &["minilm-cost"], &[])).await;
     let mut client = g.client.clone();
-    let policy = ig_orchestrator::PolicyClient::connect_lazy(&format!("http://{}", roles.policy)).unwrap();
+    let policy = ig_orchestrator::PolicyClient::connect_lazy(&format!("http://{}", roles.policy), None).unwrap();
     let prompt = policy.render_chat(vec![pb::ChatMessage { role: "user".into(), content: HARMLESS.into() }]).await.unwrap().token_ids;
     // What one step of the search costs the policy, measured now.
     let step = |children: i32, tokens: i32| pb::ExtendChunkRequest {

@@ -53,7 +53,7 @@ async fn silenceable_proxy(target: std::net::SocketAddr) -> (std::net::SocketAdd
 #[tokio::test]
 async fn a_silent_connection_fails_its_call_within_the_keepalive() {
     let (addr, silent) = silenceable_proxy(shared_roles().policy).await;
-    let client = ig_orchestrator::PolicyClient::connect_lazy(&format!("http://{addr}")).unwrap();
+    let client = ig_orchestrator::PolicyClient::connect_lazy(&format!("http://{addr}"), None).unwrap();
     client.info().await.expect("through the proxy while it forwards");
     silent.store(true, Ordering::SeqCst);
     let started = Instant::now();
@@ -70,7 +70,7 @@ async fn a_silent_connection_fails_its_call_within_the_keepalive() {
 async fn waiting_for_a_server_that_never_answers_ends_at_its_timeout() {
     let (addr, silent) = silenceable_proxy(shared_roles().policy).await;
     silent.store(true, Ordering::SeqCst);
-    let client = ig_orchestrator::PolicyClient::connect_lazy(&format!("http://{addr}")).unwrap();
+    let client = ig_orchestrator::PolicyClient::connect_lazy(&format!("http://{addr}"), None).unwrap();
     let started = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(30), client.wait_ready(Duration::from_secs(3)))
         .await

@@ -81,10 +81,56 @@ inferenceguard.dev/score-role: {{ . }}
 {{- end }}
 
 {{/* The registry endpoint of a role: its headless Service, which resolves to the ready pods'
-addresses. Each orchestrator replica keeps one HTTP/2 connection per endpoint, to one of them. */}}
+addresses. Each orchestrator replica keeps one HTTP/2 connection per endpoint, to one of them.
+`https://` when `tls.enabled`: the role's server certificate must then carry this host name
+(ig.dnsNames lists it). */}}
 {{- define "ig.endpoint" -}}
 {{- $root := index . 0 -}}
-{{- printf "http://%s.%s.svc.%s:%s" (include "ig.headlessName" .) $root.Release.Namespace $root.Values.clusterDomain (include "ig.grpcPort" .) }}
+{{- printf "%s://%s:%s" ($root.Values.tls.enabled | ternary "https" "http") (include "ig.serviceFQDN" .) (include "ig.grpcPort" .) }}
+{{- end }}
+
+{{/* Name of the Service of a role: the headless one of a model role, the orchestrator's own. */}}
+{{- define "ig.serviceName" -}}
+{{- $role := index . 1 -}}
+{{- if eq $role.kind "orchestrator" }}{{ include "ig.roleFullname" . }}{{ else }}{{ include "ig.headlessName" . }}{{ end }}
+{{- end }}
+
+{{/* Fully qualified DNS name of a role's Service: `<service>.<namespace>.svc.<clusterDomain>`. */}}
+{{- define "ig.serviceFQDN" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s.%s.svc.%s" (include "ig.serviceName" .) $root.Release.Namespace $root.Values.clusterDomain }}
+{{- end }}
+
+{{/* DNS names of a role's server certificate (YAML list): its Service's short,
+namespace-qualified, `.svc` and fully qualified names (the registry dials the last), then the
+role's own `tls.dnsNames` (e.g. the orchestrator's public name). */}}
+{{- define "ig.dnsNames" -}}
+{{- $root := index . 0 }}{{ $role := index . 1 -}}
+{{- $svc := include "ig.serviceName" . }}
+{{- $ns := $root.Release.Namespace }}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (include "ig.serviceFQDN" .) }}
+{{- toYaml (concat $names (dig "dnsNames" (list) ($role.tls | default dict)) | uniq) }}
+{{- end }}
+
+{{/* The Secret holding a role's server certificate (`tls.crt`, `tls.key`, `ca.crt`): the role's
+`tls.secretName`, else `<fullname>-<role>-tls`. */}}
+{{- define "ig.tlsSecretName" -}}
+{{- $role := index . 1 -}}
+{{- dig "secretName" "" ($role.tls | default dict) | default (printf "%s-tls" (include "ig.roleFullname" .)) }}
+{{- end }}
+
+{{/* The Secret holding the orchestrator's client certificate and the CA of the roles'
+certificates: `tls.clientSecretName`, else `<fullname>-<orchestrator>-client-tls`. */}}
+{{- define "ig.clientTlsSecretName" -}}
+{{- $root := index . 0 -}}
+{{- $root.Values.tls.clientSecretName | default (printf "%s-client-tls" (include "ig.roleFullname" .)) }}
+{{- end }}
+
+{{/* Labels that select the orchestrator's pods of this release (by kind, whatever the role's
+name): the only peers the model roles' gRPC port admits. */}}
+{{- define "ig.orchestratorSelectorLabels" -}}
+{{ include "ig.selectorLabels" . }}
+inferenceguard.dev/kind: orchestrator
 {{- end }}
 
 {{- define "ig.serviceAccountName" -}}
@@ -114,7 +160,7 @@ checked: returns YAML `{roles: [...]}` for
 `fromYaml`. Fails on what the schema cannot see: an override naming no role, duplicate names, not exactly one policy, more
 than one orchestrator, two defaults for one score role or critic objective, a critic without an
 objective, a PVC model without a claim, a name that
-would make a Service name longer than 63 characters.
+would make a Service name longer than 63 characters, mTLS without TLS.
 */}}
 {{- define "ig.roles" -}}
 {{- $all := list }}
@@ -182,6 +228,9 @@ would make a Service name longer than 63 characters.
 {{- end }}
 {{- if gt (index $kinds "orchestrator") 1 }}
 {{- fail (printf "roles: at most one enabled role of kind orchestrator is allowed, found %d" (index $kinds "orchestrator")) }}
+{{- end }}
+{{- if and (or .Values.tls.mtls .Values.tls.guardMtls) (not .Values.tls.enabled) }}
+{{- fail "tls.mtls and tls.guardMtls need tls.enabled: client certificates are checked by a TLS server" }}
 {{- end }}
 {{- toYaml (dict "roles" $out) }}
 {{- end }}
@@ -261,8 +310,8 @@ endpoints = [{{ include "ig.endpoint" (list $ .) | toJson }}]
 
 {{/*
 Environment of a role's main container: what the chart derives (listen addresses, telemetry,
-model home, score role, registry path), then the chart-wide `env`, then the role's `env`; a
-later one wins. Sorted by name so the output is stable. IG_THREADS follows the CPU request when
+model home, score role, registry path, TLS files, token file, reflection), then the chart-wide
+`env`, then the role's `env`; a later one wins. Sorted by name so the output is stable. IG_THREADS follows the CPU request when
 the role sets one and does not set IG_THREADS itself.
 */}}
 {{- define "ig.env" -}}
@@ -282,6 +331,26 @@ the role sets one and does not set IG_THREADS itself.
 {{- end }}
 {{- if eq $role.kind "orchestrator" }}
 {{- $_ := set $env "IG_REGISTRY" (printf "%s/registry.toml" $root.Values.registry.mountPath) }}
+{{- $_ := set $env "IG_REFLECTION" ($root.Values.auth.reflection | toString) }}
+{{- with $root.Values.auth.existingSecret }}
+{{- $_ := set $env "IG_AUTH_TOKENS_FILE" (printf "%s/tokens.toml" $root.Values.auth.mountPath) }}
+{{- end }}
+{{- end }}
+{{- with $root.Values.tls }}
+{{- if .enabled }}
+{{- $_ := set $env "IG_TLS_CERT" (printf "%s/tls.crt" .mountPath) }}
+{{- $_ := set $env "IG_TLS_KEY" (printf "%s/tls.key" .mountPath) }}
+{{- if ternary .guardMtls .mtls (eq $role.kind "orchestrator") }}
+{{- $_ := set $env "IG_TLS_CLIENT_CA" (printf "%s/ca.crt" .mountPath) }}
+{{- end }}
+{{- if eq $role.kind "orchestrator" }}
+{{- $_ := set $env "IG_TLS_CA" (printf "%s/ca.crt" .clientMountPath) }}
+{{- if .mtls }}
+{{- $_ := set $env "IG_TLS_CLIENT_CERT" (printf "%s/tls.crt" .clientMountPath) }}
+{{- $_ := set $env "IG_TLS_CLIENT_KEY" (printf "%s/tls.key" .clientMountPath) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- range $k, $v := $root.Values.env }}{{ $_ := set $env $k $v }}{{ end }}
 {{- range $k, $v := $role.env }}{{ $_ := set $env $k $v }}{{ end }}
@@ -299,7 +368,9 @@ the role sets one and does not set IG_THREADS itself.
 gRPC port, with the role's timings or else the chart's. It asks about the role's own service
 (`inferenceguard.v1.PolicyService`, ...), which is NOT_SERVING until the model is loaded and
 while draining; the whole server ("") is SERVING as soon as it listens. `service: ""` asks
-about the whole server instead. */}}
+about the whole server instead. With `tls.enabled` it is a `tcpSocket` check of the same port
+instead: the kubelet's `grpc:` probe speaks plaintext HTTP/2 only, and the image carries no
+health-check client that speaks TLS (docs/deploy.md, "Probes under TLS"). */}}
 {{- define "ig.probe" -}}
 {{- $root := index . 0 }}{{ $role := index . 1 }}{{ $which := index . 2 -}}
 {{- $p := dig $which (dict) ($role.probes | default dict) | default (index $root.Values.probes $which) | deepCopy }}
@@ -309,8 +380,13 @@ about the whole server instead. */}}
   "critic" "inferenceguard.v1.CriticService"
   "orchestrator" "inferenceguard.v1.GuardService" }}
 {{- $service := hasKey $p "service" | ternary $p.service (index $services $role.kind) }}
-{{- $grpc := dict "port" (include "ig.grpcPort" (list $root $role) | int) }}
-{{- with $service }}{{ $_ := set $grpc "service" . }}{{ end }}
+{{- $port := include "ig.grpcPort" (list $root $role) | int }}
 {{- $_ := unset $p "service" }}
+{{- if $root.Values.tls.enabled }}
+{{- toYaml (merge (dict "tcpSocket" (dict "port" $port)) $p) }}
+{{- else }}
+{{- $grpc := dict "port" $port }}
+{{- with $service }}{{ $_ := set $grpc "service" . }}{{ end }}
 {{- toYaml (merge (dict "grpc" $grpc) $p) }}
+{{- end }}
 {{- end }}

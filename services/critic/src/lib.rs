@@ -63,6 +63,9 @@ pub struct CriticArgs {
     /// When a stuck model thread takes the replica out of service.
     #[command(flatten)]
     pub watchdog: ig_serve::WatchdogArgs,
+    /// TLS and mTLS of the listener.
+    #[command(flatten)]
+    pub tls: ig_serve::tls::ServerTlsArgs,
 }
 
 impl CriticArgs {
@@ -112,7 +115,7 @@ pub async fn serve<B: CriticBackend>(
 ) -> anyhow::Result<()> {
     let limits = args.limits();
     let state = engine.watch_state();
-    let options = ServeOptions::new(vec![SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?;
+    let options = ServeOptions::new(vec![SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?.with_tls(&args.tls)?;
     let server = CriticServer::new(engine, limits);
     let service = CriticServiceServer::new(server).max_decoding_message_size(options.max_message_bytes).max_encoding_message_size(usize::MAX);
     ig_serve::serve(listener, tonic::service::Routes::new(service), state, options, shutdown).await

@@ -93,6 +93,9 @@ pub struct PolicyArgs {
     /// When a stuck model thread takes the replica out of service.
     #[command(flatten)]
     pub watchdog: ig_serve::WatchdogArgs,
+    /// TLS and mTLS of the listener.
+    #[command(flatten)]
+    pub tls: ig_serve::tls::ServerTlsArgs,
 }
 
 impl PolicyArgs {
@@ -158,7 +161,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let limits = args.limits();
     let state = engine.watch_state();
-    let options = ServeOptions::new(vec![SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?;
+    let options = ServeOptions::new(vec![SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?.with_tls(&args.tls)?;
     let service = PolicyServiceServer::new(PolicyServer::new(engine, limits, args.queue_depth))
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(usize::MAX);

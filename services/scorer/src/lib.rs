@@ -83,6 +83,9 @@ pub struct ScorerArgs {
     /// When a stuck model thread takes the replica out of service.
     #[command(flatten)]
     pub watchdog: ig_serve::WatchdogArgs,
+    /// TLS and mTLS of the listener.
+    #[command(flatten)]
+    pub tls: ig_serve::tls::ServerTlsArgs,
 }
 
 impl ScorerArgs {
@@ -141,7 +144,7 @@ pub async fn serve<B: ScorerBackend>(
 ) -> anyhow::Result<()> {
     let limits = args.limits();
     let state = engine.watch_state();
-    let options = ServeOptions::new(vec![SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?;
+    let options = ServeOptions::new(vec![SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?.with_tls(&args.tls)?;
     let server = ScorerServer::new(engine, limits, args.max_batch_items, args.queue_depth);
     let service = ScorerServiceServer::new(server).max_decoding_message_size(options.max_message_bytes).max_encoding_message_size(usize::MAX);
     ig_serve::serve(listener, tonic::service::Routes::new(service), state, options, shutdown).await

@@ -14,6 +14,7 @@
 //! - [`status`]: the one mapping from [`ig_core::RoleError`] to gRPC status,
 //!   and deadline parsing.
 //! - [`process`]: the flags and set-up every role binary shares.
+//! - [`tls`]: TLS and mTLS for servers and clients (rustls, ring), re-read on change.
 //! - [`telemetry`]: structured logs, OpenTelemetry traces and metrics,
 //!   Prometheus scraping.
 
@@ -25,6 +26,7 @@ pub mod process;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 pub use engine::{Engine, WatchdogArgs};
 pub use server::{serve, DrainArgs, ServeOptions};

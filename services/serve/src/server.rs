@@ -31,6 +31,10 @@ pub struct ServeOptions {
     pub drain_delay: Duration,
     /// Then, how long calls in flight may take to finish before they are cut.
     pub drain_timeout: Duration,
+    /// TLS (and mTLS) of the listener; None: cleartext.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// Whether server reflection (v1 and v1alpha) is served.
+    pub reflection: bool,
 }
 
 impl ServeOptions {
@@ -44,7 +48,15 @@ impl ServeOptions {
             keepalive: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs_f64(DRAIN_TIMEOUT_SECONDS),
+            tls: None,
+            reflection: true,
         }
+    }
+
+    /// With the TLS of `tls`'s flags (loads the files now: an error names the flag and the
+    /// file).
+    pub fn with_tls(self, tls: &crate::tls::ServerTlsArgs) -> anyhow::Result<Self> {
+        Ok(Self { tls: crate::tls::ServerTls::from_args(tls)?, ..self })
     }
 
     /// With the drain of `drain`'s flags.
@@ -123,12 +135,25 @@ pub async fn serve(
             }
         }
     });
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ig_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl and most tools speak v1, Python's grpcio-reflection
+    // only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ig_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = if opts.reflection {
+        (Some(reflection().build_v1()?), Some(reflection().build_v1alpha()?))
+    } else {
+        (None, None)
+    };
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, services = ?opts.service_names, "listening");
+    let tls = match &opts.tls {
+        None => "off",
+        Some(t) if t.requires_client_certs() => "mTLS",
+        Some(_) => "TLS",
+    };
+    tracing::info!(%addr, services = ?opts.service_names, tls, reflection = opts.reflection, "listening");
     let names = opts.service_names.clone();
     // A model that fails to load ends the process with its error (a crash
     // loop with a reason beats a pod that is never ready).
@@ -152,7 +177,7 @@ pub async fn serve(
         }
         let _ = closing.send(());
     };
-    let server = Server::builder()
+    let router = Server::builder()
         .trace_fn(crate::telemetry::request_span)
         .max_concurrent_streams(opts.max_concurrent_streams)
         .http2_keepalive_interval(Some(opts.keepalive))
@@ -160,8 +185,12 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(crate::message_limit::rewrite::<tonic::body::Body>))
         .add_routes(routes)
         .add_service(health)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha);
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &opts.tls {
+        None => Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)),
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), drain)),
+    };
     // Once the listener is closed, calls in flight get `timeout`; then `serve` stops
     // waiting for them and returns (the role's process exits, closing their connections).
     let cut = async move {

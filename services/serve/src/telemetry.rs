@@ -119,7 +119,8 @@ impl Extractor for HeaderExtractor<'_> {
 /// The span of one gRPC call, continuing the caller's trace when the request
 /// carries W3C trace context.
 pub fn request_span(req: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("grpc", rpc = %req.uri().path(), otel.kind = "server");
+    // `caller`: the name of the bearer token the call was authenticated with (never the token).
+    let span = tracing::info_span!("grpc", rpc = %req.uri().path(), otel.kind = "server", caller = tracing::field::Empty);
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
     let _ = span.set_parent(parent);
     span

@@ -42,7 +42,7 @@ impl PolicyUnderTest {
         let task = tokio::spawn(ig_policy::run(args, listener, async move {
             let _ = stopped.await;
         }));
-        let client = PolicyClient::connect_lazy(&format!("http://{addr}")).unwrap();
+        let client = PolicyClient::connect_lazy(&format!("http://{addr}"), None).unwrap();
         Self { addr, client, stop: Some(stop), task: Some(task) }
     }
 
@@ -119,9 +119,9 @@ pub fn shared_roles() -> &'static SharedRoles {
                 tokio::spawn(ig_policy::run(policy, pl, forever()));
                 tokio::spawn(ig_scorer::run(cost, cl, forever()));
                 tokio::spawn(ig_scorer::run(reward, rl, forever()));
-                let p = PolicyClient::connect_lazy(&format!("http://{}", roles.policy)).unwrap();
-                let c = ig_orchestrator::ScorerClient::connect_lazy(&format!("http://{}", roles.cost)).unwrap();
-                let r = ig_orchestrator::ScorerClient::connect_lazy(&format!("http://{}", roles.reward)).unwrap();
+                let p = PolicyClient::connect_lazy(&format!("http://{}", roles.policy), None).unwrap();
+                let c = ig_orchestrator::ScorerClient::connect_lazy(&format!("http://{}", roles.cost), None).unwrap();
+                let r = ig_orchestrator::ScorerClient::connect_lazy(&format!("http://{}", roles.reward), None).unwrap();
                 let wait = Duration::from_secs(300);
                 tokio::try_join!(p.wait_ready(wait), c.wait_ready(wait), r.wait_ready(wait)).unwrap();
                 tx.send(roles).unwrap();
@@ -184,9 +184,9 @@ impl GuardUnderTest {
         let task = tokio::spawn(ig_orchestrator::run(args, listener, async move {
             let _ = stopped.await;
         }));
-        let guard = ig_orchestrator::GuardClient::connect_lazy(&format!("http://{addr}")).unwrap();
+        let guard = ig_orchestrator::GuardClient::connect_lazy(&format!("http://{addr}"), None).unwrap();
         guard.wait_ready(Duration::from_secs(30)).await.unwrap();
-        let channel = ig_orchestrator::channel::connect_lazy(&format!("http://{addr}")).unwrap();
+        let channel = ig_orchestrator::channel::connect_lazy(&format!("http://{addr}"), None).unwrap();
         let client = ig_proto::v1::guard_service_client::GuardServiceClient::new(channel);
         Self { addr, client, registry: path, _dir: dir, stop: Some(stop), task: Some(task) }
     }
