@@ -800,4 +800,31 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(120), "{:?}", started.elapsed());
         mesh.stop().await.unwrap_err();
     }
+
+    /// `up --tls`: every hop over TLS (mTLS to the roles), the Guard API behind a token.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_secured_loopback_mesh_answers_with_its_token_and_refuses_without() {
+        let w = Wrap::parse_from(["up", "--no-critics", "--no-extra-cost-models", "--dtype", "f32"]);
+        let mesh = Mesh::start(w.policy, &w.models, Addresses { tls: true, ..Addresses::any_loopback() }).await.unwrap();
+        let guard = mesh.wait_ready().await.unwrap(); // over mTLS to every role, with the token
+        let registry = std::fs::read_to_string(mesh.registry()).unwrap();
+        assert!(registry.contains("https://") && !registry.contains("http://"), "{registry}");
+        let request = ig_proto::v1::GenerateRequest {
+            prompt: Some(ig_proto::v1::generate_request::Prompt::PromptText("How do I bake bread?".into())),
+            method: ig_orchestrator::guard::wire_method(Method::InferenceGuard) as i32,
+            params: Some(ig_proto::v1::SearchParams { samples_count: Some(4), chunk_tokens: Some(4), max_new_tokens: Some(8), seed: Some(1), ..Default::default() }),
+            ..Default::default()
+        };
+        let answered = guard.generate(request.clone(), Some(Duration::from_secs(300))).await.unwrap();
+        assert!(!answered.token_ids.is_empty());
+        // Without the token: refused. Cleartext: refused.
+        let tls = mesh.client_tls().unwrap();
+        let anonymous = GuardClient::connect_lazy(&mesh.url(mesh.guard), tls.as_ref()).unwrap();
+        let err = anonymous.generate(request.clone(), Some(Duration::from_secs(30))).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        let cleartext = GuardClient::connect_lazy(&format!("http://{}", mesh.guard), None).unwrap();
+        assert!(cleartext.wait_ready(Duration::from_secs(3)).await.is_err());
+        assert!(mesh.generate_hint().contains("--tls-ca") && mesh.generate_hint().contains("--token"));
+        mesh.stop().await.unwrap();
+    }
 }

@@ -171,6 +171,16 @@ impl GuardUnderTest {
 
     /// [`GuardUnderTest::start`] with some of the orchestrator's flags changed.
     pub async fn start_with(registry: &str, configure: impl FnOnce(&mut ig_orchestrator::OrchestratorArgs)) -> Self {
+        Self::start_secure(registry, configure, None).await
+    }
+
+    /// [`GuardUnderTest::start_with`] for an orchestrator serving TLS (its flags set by
+    /// `configure`), reached over `https://localhost` with `tls`.
+    pub async fn start_secure(
+        registry: &str,
+        configure: impl FnOnce(&mut ig_orchestrator::OrchestratorArgs),
+        tls: Option<ig_serve::tls::ClientTls>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.toml");
         std::fs::write(&path, registry).unwrap();
@@ -184,9 +194,13 @@ impl GuardUnderTest {
         let task = tokio::spawn(ig_orchestrator::run(args, listener, async move {
             let _ = stopped.await;
         }));
-        let guard = ig_orchestrator::GuardClient::connect_lazy(&format!("http://{addr}"), None).unwrap();
+        let url = match &tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
+        let guard = ig_orchestrator::GuardClient::connect_lazy(&url, tls.as_ref()).unwrap();
         guard.wait_ready(Duration::from_secs(30)).await.unwrap();
-        let channel = ig_orchestrator::channel::connect_lazy(&format!("http://{addr}"), None).unwrap();
+        let channel = ig_orchestrator::channel::connect_lazy(&url, tls.as_ref()).unwrap();
         let client = ig_proto::v1::guard_service_client::GuardServiceClient::new(channel);
         Self { addr, client, registry: path, _dir: dir, stop: Some(stop), task: Some(task) }
     }
