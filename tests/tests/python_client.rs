@@ -57,3 +57,49 @@ async fn python_grpcio_client_calls_generate_and_reads_stream_events() {
     assert!(summary["invalid_request"]["details"].as_str().unwrap().starts_with("params.chunk_tokens:"));
     g.stop().await;
 }
+
+#[tokio::test]
+async fn python_grpcio_reflection_v1alpha_lists_the_services_of_every_server() {
+    use ig_models::critic::{Critic, CriticMeta};
+    let roles = common::shared_roles();
+    let g = common::GuardUnderTest::start(&common::registry_toml(roles, &["minilm-cost"], &[])).await;
+    // A critic of random weights: reflection does not depend on the model.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("critic.safetensors");
+    let meta = CriticMeta {
+        model_id: "critic".into(),
+        policy_model_id: "policy".into(),
+        latent_dim: 8,
+        hidden_width: 8,
+        z_scale: 1.0,
+        objective: ig_core::critic::CriticObjective::Augmented,
+        safety_budget: 0.0,
+        training_penalty: 1.0,
+        lagrange_lambda: 0.0,
+        discount: 1.0,
+        provenance: serde_json::json!({}),
+    };
+    Critic::random(meta, 1, &ig_models::Device::Cpu).unwrap().save(&model).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let critic = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(ig_critic::run(ig_critic::CriticArgs::with_model(&model, critic), listener, async move {
+        let _ = stopped.await;
+    }));
+    let channel = ig_orchestrator::channel::connect_lazy(&format!("http://{critic}"), None).unwrap();
+    ig_orchestrator::channel::wait_serving(&channel, "critic", ig_critic::SERVICE_NAME, std::time::Duration::from_secs(60)).await.unwrap();
+    let targets: Vec<(String, &str)> = vec![
+        (roles.policy.to_string(), ig_policy::SERVICE_NAME),
+        (roles.cost.to_string(), ig_scorer::SERVICE_NAME),
+        (critic.to_string(), ig_critic::SERVICE_NAME),
+        (g.addr.to_string(), "inferenceguard.v1.GuardService"),
+    ];
+    let args: Vec<&str> = targets.iter().map(|(t, _)| t.as_str()).collect();
+    let listed = run_python("reflection_list.py", &args).await;
+    for (target, service) in &targets {
+        let names: Vec<&str> = listed[target].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(names.contains(service) && names.contains(&"grpc.health.v1.Health"), "{target}: {names:?}");
+    }
+    let _ = stop.send(());
+    g.stop().await;
+}
