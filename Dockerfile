@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # One image with every binary of the workspace: ig-policy, ig-scorer, ig-critic, ig-orchestrator
 # and the `inferenceguard` command line (`assets fetch`, `up`, `generate`, ...). Kubernetes picks
 # the binary with the container's `command` (see helm/ and k8s/).
@@ -18,6 +16,11 @@
 #     -t ghcr.io/inferenceguard/inferenceguard-mesh-cuda:0.1.0 .
 #
 # protoc is vendored by the proto crate's build script: no protobuf package is installed.
+#
+# No `# syntax=` line: BuildKit's built-in frontend handles `RUN --mount=type=cache`, and a
+# syntax line would make it pull a frontend image first. Without access to an image registry,
+# build the runtime image from a locally made base and host-built binaries instead:
+# scripts/build-image (docs/deploy.md, "Building the image without a registry").
 
 # The Rust toolchain; its version should be at least the workspace's rust-version.
 ARG RUST_IMAGE=rust:1.95-slim-bookworm

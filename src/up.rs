@@ -123,6 +123,9 @@ pub struct UpArgs {
     /// Address of the orchestrator (the public GuardService).
     #[arg(long, default_value = "127.0.0.1:50050")]
     pub guard_listen: SocketAddr,
+    /// Address of the OpenAI-compatible HTTP API (`/v1/chat/completions`, ...).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
     /// Run the mesh secured: a throw-away CA and certificates, mTLS between the orchestrator
     /// and every role, TLS and a bearer token (printed) on the Guard API.
     #[arg(long)]
@@ -221,6 +224,8 @@ pub(crate) struct Mesh {
     cost: SocketAddr,
     reward: SocketAddr,
     guard: SocketAddr,
+    /// The OpenAI-compatible HTTP API, if served.
+    http: Option<SocketAddr>,
     /// The extra cost models: registry name and address.
     extra_costs: Vec<(String, SocketAddr)>,
     critics: Vec<ServedCritic>,
@@ -259,6 +264,8 @@ pub(crate) struct Addresses {
     cost: SocketAddr,
     reward: SocketAddr,
     guard: SocketAddr,
+    /// The orchestrator's OpenAI-compatible HTTP API, if served.
+    http: Option<SocketAddr>,
     /// Whether to secure the mesh ([`LoopbackSecurity`]).
     tls: bool,
 }
@@ -267,7 +274,7 @@ impl Addresses {
     /// Free loopback ports.
     pub(crate) fn any_loopback() -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self { policy: any, cost: any, reward: any, guard: any, tls: false }
+        Self { policy: any, cost: any, reward: any, guard: any, http: None, tls: false }
     }
 }
 
@@ -426,6 +433,12 @@ impl Mesh {
         let registry = registry_dir.path().join("registry.toml");
         std::fs::write(&registry, loopback_registry(scheme, policy_addr, cost_addr, reward_addr, scorers, &extra_costs, &critics))?;
         let mut guard = ig_orchestrator::OrchestratorArgs::with_registry(&registry, guard_addr);
+        let http = match at.http {
+            // TLS on the HTTP API is not there yet: a secured mesh serves gRPC only.
+            Some(addr) if security.is_none() => Some(bind("OpenAI-compatible HTTP API (--http-listen)", addr).await?),
+            _ => None,
+        };
+        let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         if let Some(s) = &security {
             // The Guard API: TLS and a bearer token (clients need no certificate of their own).
             guard.tls = s.server_args(false);
@@ -450,7 +463,7 @@ impl Mesh {
                 args.tls = server_tls(true);
                 async move { ig_scorer::serve(engine, &args, rl, shutdown).await }
             }),
-            watched("orchestrator", &failed_tx, ig_orchestrator::run(guard, gl, signal(stopped))),
+            watched("orchestrator", &failed_tx, ig_orchestrator::serve(guard, gl, http, signal(stopped))),
         ];
         tasks.extend(extra_tasks);
         tasks.extend(critic_tasks);
@@ -459,6 +472,7 @@ impl Mesh {
             cost: cost_addr,
             reward: reward_addr,
             guard: guard_addr,
+            http: http_addr,
             extra_costs,
             critics,
             engines,
@@ -550,6 +564,9 @@ impl Mesh {
             println!("critic  {}  (inferenceguard.v1.CriticService: {}, objective {})", url(c.addr), c.name, c.objective.as_str());
         }
         println!("guard   {}  (inferenceguard.v1.GuardService, the public API)", url(self.guard));
+        if let Some(http) = self.http {
+            println!("openai  http://{http}/v1  (OpenAI-compatible: chat/completions, completions, models; docs/openai.md)");
+        }
         println!("registry {}", self.registry.display());
         if let Some(s) = &self.security {
             println!();
@@ -596,7 +613,14 @@ pub(crate) fn ensure_demo_assets(policy: &ig_policy::PolicyArgs) -> anyhow::Resu
 pub async fn up(args: UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let _telemetry = ig_serve::telemetry::init("inferenceguard", log_format, None)?;
     ensure_demo_assets(&args.policy)?;
-    let at = Addresses { policy: args.policy.listen, cost: args.cost_listen, reward: args.reward_listen, guard: args.guard_listen, tls: args.tls };
+    let at = Addresses {
+        policy: args.policy.listen,
+        cost: args.cost_listen,
+        reward: args.reward_listen,
+        guard: args.guard_listen,
+        http: Some(args.http_listen),
+        tls: args.tls,
+    };
     let mesh = Mesh::start(args.policy, &args.scorers, at).await?;
     mesh.wait_ready().await?;
     mesh.print_endpoints();

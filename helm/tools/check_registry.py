@@ -191,7 +191,7 @@ def admits(policy: dict, peer_labels: dict, port: int, port_name: str) -> bool:
 
 def check_file(path: str) -> list[str]:
     with open(path) as f:
-        docs = [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
+        docs = [d for d in yaml.load_all(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if isinstance(d, dict)]
     problems = []
     namespaces = {}
     for d in docs:

@@ -159,30 +159,45 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-fn refuse(message: &str) -> Status {
-    metrics::counter!("ig_guard_unauthenticated_total").increment(1);
-    let mut status = Status::unauthenticated(message);
-    status.metadata_mut().insert("www-authenticate", tonic::metadata::MetadataValue::from_static("Bearer"));
-    status
+impl TokenAuth {
+    /// The caller an `authorization` header value names (`Bearer <token>`), or why not
+    /// (counted, and worded for the client: never echoing the token).
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<String, &'static str> {
+        let refused = |why| {
+            metrics::counter!("ig_guard_unauthenticated_total").increment(1);
+            Err(why)
+        };
+        let Some(value) = authorization else {
+            return refused("authorization: a bearer token is required (`authorization: Bearer <token>`)");
+        };
+        let token = std::str::from_utf8(value).ok().and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            return refused("authorization: expected `Bearer <token>`");
+        };
+        let tokens = self.current();
+        let Some(name) = tokens.name_of(token) else {
+            return refused("authorization: unknown token");
+        };
+        tracing::Span::current().record("caller", name);
+        metrics::counter!("ig_guard_calls_total", "caller" => name.to_string()).increment(1);
+        Ok(name.to_string())
+    }
 }
 
 impl Interceptor for TokenAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(value) = request.metadata().get("authorization") else {
-            return Err(refuse("authorization: a bearer token is required (metadata `authorization: Bearer <token>`)"));
-        };
-        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
-            return Err(refuse("authorization: expected `Bearer <token>`"));
-        };
-        let tokens = self.current();
-        let Some(name) = tokens.name_of(token) else {
-            return Err(refuse("authorization: unknown token"));
-        };
-        tracing::Span::current().record("caller", name);
-        metrics::counter!("ig_guard_calls_total", "caller" => name.to_string()).increment(1);
-        request.extensions_mut().insert(Caller(name.to_string()));
-        Ok(request)
+        let header = request.metadata().get("authorization").map(|v| v.as_bytes());
+        match self.authenticate(header) {
+            Ok(name) => {
+                request.extensions_mut().insert(Caller(name));
+                Ok(request)
+            }
+            Err(why) => {
+                let mut status = Status::unauthenticated(why);
+                status.metadata_mut().insert("www-authenticate", tonic::metadata::MetadataValue::from_static("Bearer"));
+                Err(status)
+            }
+        }
     }
 }
 

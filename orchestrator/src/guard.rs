@@ -492,6 +492,7 @@ impl GuardServer {
             candidate_count: outcome.candidates as i64,
             resample_round_count: outcome.resample_rounds as i32,
             generated_token_count: outcome.generated_tokens as i64,
+            prompt_token_count: prompt.token_ids.len() as i32,
             timings: Some(pb::RoleTimings {
                 policy_ns: times.policy.as_nanos() as i64,
                 cost_ns: times.cost.as_nanos() as i64,
@@ -510,6 +511,11 @@ impl GuardServer {
             let m = format!("this replica runs {} searches at once (max_concurrent_requests); retry later or elsewhere", self.limits.max_concurrent_requests);
             status(Code::ResourceExhausted, "OVERLOADED", m, None, &[])
         })
+    }
+
+    /// The limits it enforces.
+    pub fn limits(&self) -> &GuardLimits {
+        &self.limits
     }
 
     /// Lists the registry's models.

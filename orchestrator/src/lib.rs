@@ -19,6 +19,7 @@ pub mod guard;
 pub mod guard_client;
 pub mod in_process;
 pub mod mesh;
+pub mod openai;
 pub mod policy_client;
 pub mod registry;
 pub mod reply_check;
@@ -97,6 +98,10 @@ pub struct OrchestratorArgs {
     /// must carry `authorization: Bearer <token>`. Re-read when it changes.
     #[arg(long, env = "IG_AUTH_TOKENS_FILE")]
     pub auth_tokens: Option<PathBuf>,
+    /// Also serve the OpenAI-compatible HTTP API here (`/v1/chat/completions`, ...), over the
+    /// same searches, limits and tokens (its body limit is --max-message-bytes).
+    #[arg(long, env = "IG_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Serve gRPC reflection (v1 and v1alpha); `--reflection=false` turns it off.
     #[arg(long, env = "IG_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
@@ -141,8 +146,18 @@ fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero()).ok_or_else(|| anyhow::anyhow!("{flag}: must be > 0, got {s}"))
 }
 
-/// Serves the GuardService on `listener` until `shutdown` resolves.
+/// Serves the GuardService on `listener` (and the HTTP API on `--http-listen`) until
+/// `shutdown` resolves.
 pub async fn run(args: OrchestratorArgs, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let http = match args.http_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--http-listen {addr}: {e}"))?),
+        None => None,
+    };
+    serve(args, listener, http, shutdown).await
+}
+
+/// [`run`] on listeners already bound (`http`: the OpenAI-compatible API's).
+pub async fn serve(args: OrchestratorArgs, listener: TcpListener, http: Option<TcpListener>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let limits = args.limits()?;
     let poll = seconds("--registry-poll-seconds", args.registry_poll_seconds)?;
     let registry = Registry::load(&args.registry, ig_serve::tls::ClientTls::from_args(&args.role_tls)?)?;
@@ -150,18 +165,50 @@ pub async fn run(args: OrchestratorArgs, listener: TcpListener, shutdown: impl F
     registry.spawn_health(seconds("--health-interval-seconds", args.health_interval_seconds)?);
     let mut options = ServeOptions::new(vec![guard::SERVICE_NAME], limits.max_message_bytes).with_drain(&args.drain)?.with_tls(&args.tls)?;
     options.reflection = args.reflection;
-    let server = GuardServer::new(registry, limits);
+    let auth = match &args.auth_tokens {
+        Some(path) => Some(auth::TokenAuth::load(path, poll)?),
+        None => {
+            if !listener.local_addr()?.ip().is_loopback() || http.as_ref().is_some_and(|h| h.local_addr().is_ok_and(|a| !a.ip().is_loopback())) {
+                tracing::warn!(listen = %args.listen, "no --auth-tokens: anyone who reaches this address can run searches on the mesh's GPUs");
+            }
+            None
+        }
+    };
+    let server = GuardServer::new(registry, limits.clone());
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let http_task = match http {
+        Some(http) => {
+            if args.tls.tls_cert.is_some() {
+                anyhow::bail!("--http-listen: TLS on the HTTP API is not supported yet; terminate TLS in front of it (an ingress or a sidecar) or leave --tls-cert off");
+            }
+            let addr = http.local_addr()?;
+            let app = openai::router(server.clone(), auth.clone(), limits.max_message_bytes);
+            let mut stopped = stopped.clone();
+            tracing::info!(%addr, "OpenAI-compatible HTTP API listening");
+            Some(tokio::spawn(async move {
+                axum::serve(http, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
     let service = GuardServiceServer::new(server).max_decoding_message_size(options.max_message_bytes).max_encoding_message_size(usize::MAX);
     // Nothing to load: the orchestrator serves as soon as it listens.
     let (_ready, state) = tokio::sync::watch::channel(EngineState::Ready);
-    let routes = match &args.auth_tokens {
-        Some(path) => tonic::service::Routes::new(InterceptedService::new(service, auth::TokenAuth::load(path, poll)?)),
-        None => {
-            if !listener.local_addr()?.ip().is_loopback() {
-                tracing::warn!(listen = %args.listen, "no --auth-tokens: anyone who reaches this address can run searches on the mesh's GPUs");
-            }
-            tonic::service::Routes::new(service)
-        }
+    let routes = match auth {
+        Some(auth) => tonic::service::Routes::new(InterceptedService::new(service, auth)),
+        None => tonic::service::Routes::new(service),
     };
-    ig_serve::serve(listener, routes, state, options, shutdown).await
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
+    let served = ig_serve::serve(listener, routes, state, options, shutdown).await;
+    if let Some(task) = http_task {
+        task.abort();
+    }
+    served
 }

@@ -155,8 +155,8 @@ unlike sprig's merge). Mutates dst. */}}
 {{- end }}
 
 {{/*
-The enabled roles, `roles` then `extraRoles`, each with its `roleOverrides` entry merged in,
-checked: returns YAML `{roles: [...]}` for
+The enabled roles, `roles` then `extraRoles`, each with its `roleOverrides` entry merged in and
+its `resources` over `defaultResources`, checked: returns YAML `{roles: [...]}` for
 `fromYaml`. Fails on what the schema cannot see: an override naming no role, duplicate names, not exactly one policy, more
 than one orchestrator, two defaults for one score role or critic objective, a critic without an
 objective, a PVC model without a claim, a name that
@@ -173,6 +173,11 @@ would make a Service name longer than 63 characters, mTLS without TLS.
 {{- $_ := unset $overrides . }}
 {{- end }}
 {{- end }}
+{{- /* defaultResources under the role's own resources: every container requests CPU and memory
+and has a memory limit, even a role that sets no resources. */}}
+{{- $res := deepCopy ($.Values.defaultResources | default dict) }}
+{{- include "ig.deepMerge" (dict "dst" $res "src" ($r.resources | default dict)) }}
+{{- $_ := set $r "resources" $res }}
 {{- $all = append $all $r }}
 {{- end }}
 {{- with $overrides }}

@@ -156,6 +156,8 @@ pub async fn dead_endpoint() -> String {
 /// An orchestrator running in this test's runtime over a registry file.
 pub struct GuardUnderTest {
     pub addr: SocketAddr,
+    /// The OpenAI-compatible HTTP API, when started with it.
+    pub http: Option<SocketAddr>,
     pub client: ig_proto::v1::guard_service_client::GuardServiceClient<tonic::transport::Channel>,
     pub registry: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -171,7 +173,12 @@ impl GuardUnderTest {
 
     /// [`GuardUnderTest::start`] with some of the orchestrator's flags changed.
     pub async fn start_with(registry: &str, configure: impl FnOnce(&mut ig_orchestrator::OrchestratorArgs)) -> Self {
-        Self::start_secure(registry, configure, None).await
+        Self::start_full(registry, configure, None, false).await
+    }
+
+    /// [`GuardUnderTest::start_with`] serving the OpenAI-compatible HTTP API too.
+    pub async fn start_with_http(registry: &str, configure: impl FnOnce(&mut ig_orchestrator::OrchestratorArgs)) -> Self {
+        Self::start_full(registry, configure, None, true).await
     }
 
     /// [`GuardUnderTest::start_with`] for an orchestrator serving TLS (its flags set by
@@ -180,6 +187,15 @@ impl GuardUnderTest {
         registry: &str,
         configure: impl FnOnce(&mut ig_orchestrator::OrchestratorArgs),
         tls: Option<ig_serve::tls::ClientTls>,
+    ) -> Self {
+        Self::start_full(registry, configure, tls, false).await
+    }
+
+    async fn start_full(
+        registry: &str,
+        configure: impl FnOnce(&mut ig_orchestrator::OrchestratorArgs),
+        tls: Option<ig_serve::tls::ClientTls>,
+        with_http: bool,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.toml");
@@ -191,7 +207,9 @@ impl GuardUnderTest {
         args.health_interval_seconds = 0.2;
         configure(&mut args);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(ig_orchestrator::run(args, listener, async move {
+        let http = if with_http { Some(TcpListener::bind("127.0.0.1:0").await.unwrap()) } else { None };
+        let http_addr = http.as_ref().map(|h| h.local_addr().unwrap());
+        let task = tokio::spawn(ig_orchestrator::serve(args, listener, http, async move {
             let _ = stopped.await;
         }));
         let url = match &tls {
@@ -202,7 +220,7 @@ impl GuardUnderTest {
         guard.wait_ready(Duration::from_secs(30)).await.unwrap();
         let channel = ig_orchestrator::channel::connect_lazy(&url, tls.as_ref()).unwrap();
         let client = ig_proto::v1::guard_service_client::GuardServiceClient::new(channel);
-        Self { addr, client, registry: path, _dir: dir, stop: Some(stop), task: Some(task) }
+        Self { addr, http: http_addr, client, registry: path, _dir: dir, stop: Some(stop), task: Some(task) }
     }
 
     /// Stops the orchestrator.
