@@ -412,23 +412,23 @@ fn body_of(api: &Api, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiE
 }
 
 async fn chat_completions(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let handled = async {
-        api.authenticate(&headers)?;
-        let body = body_of(&api, body)?;
-        let mut req: Common = parse(&body, api.max_body_bytes)?;
-        let messages = req.messages.take().ok_or_else(|| ApiError::invalid("messages", "required"))?;
-        answer(&api, req, chat_prompt(messages)?, Kind::Chat).await
-    };
-    handled.await.unwrap_or_else(IntoResponse::into_response)
+    handle(api, headers, body, Kind::Chat).await
 }
 
 async fn completions(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    handle(api, headers, body, Kind::Completion).await
+}
+
+async fn handle(api: Api, headers: HeaderMap, body: Result<Bytes, BytesRejection>, kind: Kind) -> Response {
     let handled = async {
         api.authenticate(&headers)?;
         let body = body_of(&api, body)?;
         let mut req: Common = parse(&body, api.max_body_bytes)?;
-        let prompt = req.prompt.take().ok_or_else(|| ApiError::invalid("prompt", "required"))?;
-        answer(&api, req, text_prompt(prompt)?, Kind::Completion).await
+        let prompt = match kind {
+            Kind::Chat => chat_prompt(req.messages.take().ok_or_else(|| ApiError::invalid("messages", "required"))?)?,
+            Kind::Completion => text_prompt(req.prompt.take().ok_or_else(|| ApiError::invalid("prompt", "required"))?)?,
+        };
+        answer(&api, req, prompt, kind).await
     };
     handled.await.unwrap_or_else(IntoResponse::into_response)
 }

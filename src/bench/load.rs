@@ -31,15 +31,8 @@ pub struct LoadBench {
     /// Seconds each run lasts.
     #[arg(long, default_value_t = 30.0)]
     seconds: f64,
-    /// Candidates per step [N] of each request (inference_guard).
-    #[arg(long = "n", default_value_t = 4)]
-    samples: usize,
-    /// Tokens per chunk [d].
-    #[arg(long, default_value_t = 8)]
-    chunk: usize,
-    /// Most response tokens [D].
-    #[arg(long = "d", default_value_t = 16)]
-    max_new_tokens: usize,
+    #[command(flatten)]
+    search: super::SmallSearch,
     /// Also write the settings and the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -52,7 +45,8 @@ pub struct LoadBench {
 impl LoadBench {
     /// A tiny configuration that only checks the pipeline.
     pub fn quick(&mut self) {
-        (self.clients, self.seconds, self.max_new_tokens, self.chunk) = (vec![2, 20], 5.0, 8, 4);
+        (self.clients, self.seconds) = (vec![2, 20], 5.0);
+        self.search.quick();
     }
 }
 
@@ -104,10 +98,10 @@ pub async fn run(args: LoadBench, log_format: LogFormat) -> anyhow::Result<()> {
         clients: args.clients.clone(),
         seconds: args.seconds,
         method: Method::InferenceGuard.name().into(),
-        samples: args.samples,
-        beam_width: (args.samples / 4).max(1),
-        chunk_tokens: args.chunk,
-        max_new_tokens: args.max_new_tokens,
+        samples: args.search.samples,
+        beam_width: args.search.beam_width(),
+        chunk_tokens: args.search.chunk,
+        max_new_tokens: args.search.max_new_tokens,
         admission_limit: GuardLimits::default().max_concurrent_requests,
         policy_model: file_name(&args.policy.model_path()?),
         policy_dtype: format!("{:?}", args.policy.dtype).to_lowercase(),

@@ -121,6 +121,31 @@ async fn all(args: AllArgs, log_format: LogFormat) -> anyhow::Result<()> {
     plot::run(plot::PlotArgs { input: args.out.clone(), output: args.out })
 }
 
+/// The small `inference_guard` search each request of `soak` and `load` runs.
+#[derive(Debug, Clone, Args)]
+pub struct SmallSearch {
+    /// Candidates per step [N] of each request (inference_guard; K = N/4).
+    #[arg(long = "n", default_value_t = 4)]
+    samples: usize,
+    /// Tokens per chunk [d].
+    #[arg(long, default_value_t = 8)]
+    chunk: usize,
+    /// Most response tokens [D].
+    #[arg(long = "d", default_value_t = 16)]
+    max_new_tokens: usize,
+}
+
+impl SmallSearch {
+    /// A tiny one that only checks a pipeline.
+    fn quick(&mut self) {
+        (self.max_new_tokens, self.chunk) = (8, 4);
+    }
+
+    fn beam_width(&self) -> usize {
+        (self.samples / 4).max(1)
+    }
+}
+
 /// The median (the mean of the two middle values for an even count).
 fn median(xs: &[f64]) -> f64 {
     assert!(!xs.is_empty(), "the median of nothing");

@@ -31,15 +31,8 @@ pub struct SoakBench {
     /// Requests after which memory counts as warmed up (the slope uses the second half).
     #[arg(long, default_value_t = 100)]
     warm_up: usize,
-    /// Candidates per step [N] of each request (inference_guard).
-    #[arg(long = "n", default_value_t = 4)]
-    samples: usize,
-    /// Tokens per chunk [d].
-    #[arg(long, default_value_t = 8)]
-    chunk: usize,
-    /// Most response tokens [D].
-    #[arg(long = "d", default_value_t = 16)]
-    max_new_tokens: usize,
+    #[command(flatten)]
+    search: super::SmallSearch,
     /// Also write the settings, the series and the summary as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -52,7 +45,8 @@ pub struct SoakBench {
 impl SoakBench {
     /// A tiny configuration that only checks the pipeline.
     pub fn quick(&mut self) {
-        (self.requests, self.sample_every, self.warm_up, self.max_new_tokens, self.chunk) = (12, 3, 3, 8, 4);
+        (self.requests, self.sample_every, self.warm_up) = (12, 3, 3);
+        self.search.quick();
     }
 }
 
@@ -191,10 +185,10 @@ pub async fn run(args: SoakBench, log_format: LogFormat) -> anyhow::Result<()> {
         sample_every: args.sample_every.max(1),
         warm_up: args.warm_up,
         method: Method::InferenceGuard.name().into(),
-        samples: args.samples,
-        beam_width: (args.samples / 4).max(1),
-        chunk_tokens: args.chunk,
-        max_new_tokens: args.max_new_tokens,
+        samples: args.search.samples,
+        beam_width: args.search.beam_width(),
+        chunk_tokens: args.search.chunk,
+        max_new_tokens: args.search.max_new_tokens,
         distinct_prompts: prompts.len(),
         policy_model: file_name(&args.policy.model_path()?),
         policy_dtype: format!("{:?}", args.policy.dtype).to_lowercase(),
