@@ -565,7 +565,7 @@ impl Mesh {
         }
         println!("guard   {}  (inferenceguard.v1.GuardService, the public API)", url(self.guard));
         if let Some(http) = self.http {
-            println!("openai  http://{http}/v1  (OpenAI-compatible: chat/completions, completions, models; docs/openai.md)");
+            println!("openai  http://{http}/v1  (OpenAI-compatible: chat/completions, completions, models; docs/api.md)");
         }
         println!("registry {}", self.registry.display());
         if let Some(s) = &self.security {
