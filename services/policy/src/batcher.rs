@@ -161,8 +161,11 @@ fn stop_reason(job: &ExtendJob) -> Option<RoleError> {
 /// The driver: runs on the model thread until nothing is queued or in flight, beating the
 /// engine's heartbeat after every forward pass (its progress, for the stall watchdog).
 fn drive<B: PolicyBackend>(backend: &mut B, pending: &Mutex<Pending>, budget: Budget, heartbeat: &Heartbeat) {
-    let _exit = DriverExit { pending };
     let mut active: Vec<Active<B::Run>> = Vec::new();
+    // Declared after `active`, so dropped before it: on a panic the queue is marked undriven
+    // before the runs' sinks tell their callers, so a caller that submits again at once starts
+    // a new driver instead of waiting in a queue about to be failed.
+    let _exit = DriverExit { pending };
     loop {
         // Admit what fits; the first job is admitted whatever its size.
         loop {
