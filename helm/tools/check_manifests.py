@@ -45,6 +45,8 @@ import sys
 
 import yaml
 
+from check_registry import selects  # the one label-selector matcher of the tools
+
 CHECKS = ("namespace", "references", "images", "resources", "pod-security")
 
 # Kinds without a namespace (of those a deployment of this kind could render).
@@ -117,24 +119,6 @@ def pods(docs):
         t = pod_template(d)
         if t is not None:
             yield d, t[0].get("labels") or {}, t[1]
-
-
-def selects(selector: dict | None, labels: dict) -> bool:
-    """Whether a label selector (matchLabels and matchExpressions) selects these labels."""
-    selector = selector or {}
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
-        return False
-    for e in selector.get("matchExpressions") or []:
-        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
 
 
 def cpu(quantity) -> float:

@@ -156,10 +156,10 @@ def selects(selector: dict | None, labels: dict) -> bool:
     if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
         return False
     for e in selector.get("matchExpressions") or []:
-        key, op, values = e["key"], e["operator"], e.get("values") or []
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
         if op == "In" and labels.get(key) not in values:
             return False
-        if op == "NotIn" and labels.get(key) in values:
+        if op == "NotIn" and key in labels and labels[key] in values:
             return False
         if op == "Exists" and key not in labels:
             return False
