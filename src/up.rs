@@ -20,11 +20,12 @@ use tokio::task::JoinHandle;
 
 use crate::generate_cmd::{generate_with_progress, SearchArgs};
 
-/// The demo cost model the mesh serves by default.
-pub(crate) const DEFAULT_COST_MODEL: &str = "models/heads/cost-pair-minilm-l6.safetensors";
-/// The cost model the mesh serves beside the default one by default: the
-/// first demo head, kept as a judge and for requests that name it.
-pub(crate) const DEFAULT_EXTRA_COST_MODEL: &str = "models/heads/cost-minilm-l6.safetensors";
+/// The demo cost model the mesh serves by default: the cross-encoder head.
+pub(crate) const DEFAULT_COST_MODEL: &str = "models/heads/cost-cross-minilm-l6.safetensors";
+/// The cost models the mesh serves beside the default one by default: the earlier demo
+/// heads (linear, two-factor on frozen features), kept as judges and for requests that name them.
+pub(crate) const DEFAULT_EXTRA_COST_MODELS: [&str; 2] =
+    ["models/heads/cost-minilm-l6.safetensors", "models/heads/cost-pair-minilm-l6.safetensors"];
 /// The demo reward model the mesh serves by default.
 pub(crate) const DEFAULT_REWARD_MODEL: &str = "models/heads/reward-minilm-l6.safetensors";
 
@@ -38,7 +39,7 @@ pub struct MeshModels {
     #[arg(long, default_value = DEFAULT_COST_MODEL)]
     pub cost_model: PathBuf,
     /// Another cost model to serve, not the default: registered under its file stem, for requests that name it (cost_model = "<stem>") and as an eval --judge. Repeat the flag or comma-separate; an empty value serves none; one equal to --cost-model is skipped.
-    #[arg(long = "extra-cost-model", value_name = "PATH", env = "IG_EXTRA_COST_MODELS", value_delimiter = ',', default_value = DEFAULT_EXTRA_COST_MODEL, value_parser = path_or_empty)]
+    #[arg(long = "extra-cost-model", value_name = "PATH", env = "IG_EXTRA_COST_MODELS", value_delimiter = ',', default_values = DEFAULT_EXTRA_COST_MODELS, value_parser = path_or_empty)]
     pub extra_cost_models: Vec<PathBuf>,
     /// Serve no extra cost model (wins over --extra-cost-model).
     #[arg(long)]
@@ -752,16 +753,15 @@ mod tests {
     fn extra_cost_models_default_repeat_comma_and_none() {
         // Tests run one at a time (--test-threads=1): the variable is this test's alone.
         std::env::remove_var("IG_EXTRA_COST_MODELS");
-        let old = |p: &str| ("cost-minilm-l6".to_string(), PathBuf::from(p));
-        // The default differs from the default cost model only once that moves on; compare with what it is.
-        let default = extras(&[]);
-        if DEFAULT_COST_MODEL == DEFAULT_EXTRA_COST_MODEL {
-            assert_eq!(default, vec![]);
-        } else {
-            assert_eq!(default, vec![old(DEFAULT_EXTRA_COST_MODEL)]);
-        }
+        let old: Vec<(String, PathBuf)> = [("cost-minilm-l6", DEFAULT_EXTRA_COST_MODELS[0]), ("cost-pair-minilm-l6", DEFAULT_EXTRA_COST_MODELS[1])]
+            .iter()
+            .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+            .collect();
+        assert_eq!(extras(&[]), old);
         let other = ["--cost-model", "models/heads/guide.safetensors"];
-        assert_eq!(extras(&other), vec![old(DEFAULT_EXTRA_COST_MODEL)]);
+        assert_eq!(extras(&other), old);
+        // One that is the cost model is skipped.
+        assert_eq!(extras(&["--cost-model", DEFAULT_EXTRA_COST_MODELS[1]]), old[..1].to_vec());
         let two = extras(&[&other[..], &["--extra-cost-model", "a/j1.safetensors,b/j2.safetensors", "--extra-cost-model", "c/j3"]].concat());
         let names: Vec<&str> = two.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["j1", "j2", "j3"]);

@@ -594,7 +594,7 @@ endpoints = ["http://127.0.0.1:5"]
         // The guide is the judge's weights under another name: the mesh serves cost-minilm-l6 as an
         // extra cost model beside it, and the judge's cost of each final response must equal the guard's.
         let guide = dir.path().join("guide-cost.safetensors");
-        std::fs::copy(crate::up::DEFAULT_EXTRA_COST_MODEL, &guide).unwrap();
+        std::fs::copy(crate::up::DEFAULT_EXTRA_COST_MODELS[0], &guide).unwrap();
         let guide = guide.to_string_lossy().into_owned();
         let both = ["--methods", "base,inference_guard", "--cost-model", &guide];
         let judged = [&both[..], &["--judge", "cost-minilm-l6"]].concat();

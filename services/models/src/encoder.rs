@@ -162,6 +162,12 @@ impl SentenceEncoder {
         Ok(Self::load_parts(dir, DType::F32, device)?.0)
     }
 
+    /// The first `layers` layers of the trunk only, in f32: their final states are the
+    /// input of a layer that is not the checkpoint's (see [`crate::cross_head`]).
+    pub fn load_layers(dir: &Path, layers: usize, device: &Device) -> Result<Self> {
+        Ok(Self::load_parts_with(dir, DType::F32, device, Some(layers))?.0)
+    }
+
     /// Like [`SentenceEncoder::load`] in `dtype`; also returns the
     /// checkpoint's tensors that are not part of the trunk (a classifier
     /// head, a pooler) and the raw `config.json`.
@@ -169,6 +175,15 @@ impl SentenceEncoder {
         dir: &Path,
         dtype: DType,
         device: &Device,
+    ) -> Result<(Self, HashMap<String, Tensor>, serde_json::Value)> {
+        Self::load_parts_with(dir, dtype, device, None)
+    }
+
+    fn load_parts_with(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        layers: Option<usize>,
     ) -> Result<(Self, HashMap<String, Tensor>, serde_json::Value)> {
         let raw = read_json(&dir.join("config.json"))?;
         if let Some(mt) = raw.get("model_type").and_then(|v| v.as_str()) {
@@ -179,8 +194,18 @@ impl SentenceEncoder {
                 )));
             }
         }
-        let config: Config = serde_json::from_value(raw.clone())
+        let mut config: Config = serde_json::from_value(raw.clone())
             .map_err(|e| ModelError::Format(format!("{}: {e}", dir.join("config.json").display())))?;
+        if let Some(n) = layers {
+            if n == 0 || n > config.num_hidden_layers {
+                return Err(ModelError::Unsupported(format!(
+                    "{}: {n} layers asked of a trunk with {}",
+                    dir.display(),
+                    config.num_hidden_layers
+                )));
+            }
+            config.num_hidden_layers = n;
+        }
         let weights_path = dir.join("model.safetensors");
         if !weights_path.exists() {
             return Err(ModelError::Io(format!("{}: no such file", weights_path.display())));
@@ -223,6 +248,16 @@ impl SentenceEncoder {
         self.config.hidden_size
     }
 
+    /// Attention heads per layer.
+    pub fn attention_heads(&self) -> usize {
+        self.config.num_attention_heads
+    }
+
+    /// The layer norms' epsilon.
+    pub fn layer_norm_eps(&self) -> f64 {
+        self.config.layer_norm_eps
+    }
+
     /// Longest input the trunk accepts, in tokens.
     pub fn max_position_embeddings(&self) -> usize {
         self.config.max_position_embeddings
@@ -259,6 +294,7 @@ impl SentenceEncoder {
         Ok(Self::select(enc.get_ids(), enc.get_type_ids(), &keep))
     }
 
+    /// The tokens of `ids`/`type_ids` under `keep`, and how many were dropped.
     pub(crate) fn select(ids: &[u32], type_ids: &[u32], keep: &[bool]) -> Encoded {
         let pick = |v: &[u32]| v.iter().zip(keep).filter(|(_, &k)| k).map(|(x, _)| *x).collect::<Vec<_>>();
         Encoded {
@@ -310,6 +346,11 @@ impl SentenceEncoder {
         }
         out.sort_by_key(|(i, _)| *i);
         Ok(out.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Final hidden states of a batch (see [`SentenceEncoder::run_batched`]).
+    pub fn hidden_states(&self, batch: &[Encoded]) -> Result<Vec<(Vec<usize>, Tensor, Tensor)>> {
+        self.run_batched(batch)
     }
 
     /// Final hidden states of a batch, in f32: for each sub-batch, the input

@@ -13,12 +13,15 @@
 //!   embeddings, safetensors plus metadata.
 //! - [`two_factor_head`]: the two-factor cost head `harm(prompt) · comply(response)`
 //!   in the same file family.
+//! - [`cross_head`]: the cross-encoder cost head: `harm(prompt)` times a comply factor
+//!   that reads the pair through a fine-tuned top layer (the default demo cost model).
 //! - [`scorer`]: the [`ig_core::scorer::ScorerBackend`]: score models over
 //!   encoder or Llama trunks, in our head format and the public ones.
 //! - [`critic`]: the critic MLP `V(h, z)` and its file format, with the
 //!   gradients RECONTROL ascends ([`ig_core::critic::CriticBackend`]).
 
 pub mod critic;
+pub mod cross_head;
 pub mod encoder;
 pub mod kv_cache;
 pub mod llama;

@@ -37,15 +37,16 @@ use ig_core::scorer::ScoreRole;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::encoder::{EmbedOptions, Pooling, SentenceEncoder};
+use crate::cross_head::CrossHead;
 use crate::two_factor_head::TwoFactorHead;
 use crate::{ModelError, Result};
 
 /// The value of the `format` metadata key of a head file.
 pub const FORMAT: &str = "inferenceguard.score_head.v1";
 
-/// Every `format` a head file of ours may carry: the linear head and the
-/// two-factor head ([`crate::two_factor_head`]).
-pub const HEAD_FORMATS: &[&str] = &[FORMAT, crate::two_factor_head::FORMAT];
+/// Every `format` a head file of ours may carry: the linear head, the two-factor head
+/// ([`crate::two_factor_head`]) and the cross-encoder head ([`crate::cross_head`]).
+pub const HEAD_FORMATS: &[&str] = &[FORMAT, crate::two_factor_head::FORMAT, crate::cross_head::FORMAT];
 
 /// Separator between prompt and response in a [`Segment::PromptResponse`] text.
 pub const PROMPT_RESPONSE_SEPARATOR: &str = "\n\n";
@@ -235,8 +236,8 @@ impl HeadMeta {
         };
         let bad = |k: &str, why: String| ModelError::Format(format!("head metadata key {k:?}: {why}"));
         let format = get("format")?;
-        if format != FORMAT && format != crate::two_factor_head::FORMAT {
-            return Err(bad("format", format!("{format:?}, expected {FORMAT:?} or {:?}", crate::two_factor_head::FORMAT)));
+        if !HEAD_FORMATS.contains(&format) {
+            return Err(bad("format", format!("{format:?}, expected one of {HEAD_FORMATS:?}")));
         }
         let role = get("role")?.parse::<ScoreRole>().map_err(|e| bad("role", e))?;
         let trunk = get("trunk")?.to_string();
@@ -380,20 +381,21 @@ pub enum HeadFile {
     Linear(ScoreHead),
     /// `logit(harm · comply) − logit(τ)` ([`crate::two_factor_head::FORMAT`]).
     TwoFactor(TwoFactorHead),
+    /// The same with a comply factor that reads the pair ([`crate::cross_head::FORMAT`]).
+    Cross(CrossHead),
 }
 
 impl HeadFile {
     /// Reads a head file of either kind; errors name the file and the key or tensor.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
-        let two_factor = SafeTensors::read_metadata(&bytes)
+        let format = SafeTensors::read_metadata(&bytes)
             .ok()
-            .and_then(|(_, h)| h.metadata().as_ref().and_then(|m| m.get("format").cloned()))
-            .is_some_and(|f| f == crate::two_factor_head::FORMAT);
-        let parsed = if two_factor {
-            TwoFactorHead::from_bytes(&bytes).map(Self::TwoFactor)
-        } else {
-            ScoreHead::from_bytes(&bytes).map(Self::Linear)
+            .and_then(|(_, h)| h.metadata().as_ref().and_then(|m| m.get("format").cloned()));
+        let parsed = match format.as_deref() {
+            Some(crate::two_factor_head::FORMAT) => TwoFactorHead::from_bytes(&bytes).map(Self::TwoFactor),
+            Some(crate::cross_head::FORMAT) => CrossHead::from_bytes(&bytes).map(Self::Cross),
+            _ => ScoreHead::from_bytes(&bytes).map(Self::Linear),
         };
         parsed.map_err(|e| match e {
             ModelError::Format(m) => ModelError::Format(format!("{}: {m}", path.display())),
@@ -406,6 +408,7 @@ impl HeadFile {
         match self {
             Self::Linear(h) => &h.meta,
             Self::TwoFactor(h) => &h.meta,
+            Self::Cross(h) => &h.meta,
         }
     }
 
@@ -414,6 +417,7 @@ impl HeadFile {
         match self {
             Self::Linear(_) => FORMAT,
             Self::TwoFactor(_) => crate::two_factor_head::FORMAT,
+            Self::Cross(_) => crate::cross_head::FORMAT,
         }
     }
 
@@ -428,8 +432,9 @@ impl HeadFile {
         out
     }
 
-    /// The score of one item from the embeddings of [`HeadFile::segments`], in that order.
-    pub fn score(&self, embeddings: &[&[f32]]) -> f32 {
+    /// The score of one item from the embeddings of [`HeadFile::segments`], in that order,
+    /// and, for a cross-encoder head, its pair's comply logit ([`crate::cross_head::PairComply`]).
+    pub fn score(&self, embeddings: &[&[f32]], comply_logit: Option<f32>) -> f32 {
         let segments = self.segments();
         let embedding = |s: Segment| -> &[f32] {
             let i = segments.iter().position(|x| *x == s).expect("a segment the head reads");
@@ -441,6 +446,10 @@ impl HeadFile {
                 h.apply(&features)
             }
             Self::TwoFactor(h) => h.score(&embedding),
+            Self::Cross(h) => {
+                let comply = comply_logit.expect("the scorer computes the pair's comply logit for a cross-encoder head");
+                h.combine(h.harm_logit(embedding(Segment::Prompt)), comply)
+            }
         }
     }
 
@@ -449,6 +458,7 @@ impl HeadFile {
         match self {
             Self::Linear(h) => h.meta.describe_input(),
             Self::TwoFactor(h) => h.describe_input(),
+            Self::Cross(h) => h.describe_input(),
         }
     }
 }

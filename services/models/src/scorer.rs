@@ -89,6 +89,7 @@ use ig_core::RoleError;
 use tokenizers::Tokenizer;
 
 use crate::encoder::{keep_mask, Encoded, SentenceEncoder};
+use crate::cross_head::{encode_pair, PairComply};
 use crate::kv_cache::KvCache;
 use crate::llama::{Llama, Positions, Segment as LlamaSegment, WeightDtype};
 use crate::policy::device_name;
@@ -519,6 +520,8 @@ enum Kind {
     Head {
         encoder: SentenceEncoder,
         head: HeadFile,
+        /// The comply factor of a cross-encoder head, which reads the pair itself.
+        pair: Option<PairComply>,
     },
     Bert {
         encoder: SentenceEncoder,
@@ -683,6 +686,10 @@ impl ScoreModel {
         let dtype = encoder_dtype(opts.dtype)?;
         let (encoder, _, _) = SentenceEncoder::load_parts(&trunk_dir, dtype, &opts.device)?;
         head.meta().check_trunk(&encoder)?;
+        let pair = match &head {
+            HeadFile::Cross(h) => Some(PairComply::load(&trunk_dir, h, &opts.device)?),
+            _ => None,
+        };
         let role = Self::resolve_role(opts, Some(head.meta().role), "the head file")?;
         let limit = head.meta().max_tokens;
         let info = ScorerInfo {
@@ -697,7 +704,7 @@ impl ScoreModel {
             device: device_name(&opts.device),
             max_model_tokens: limit,
         };
-        Ok(Self { kind: Kind::Head { encoder, head }, format: ScoreFormat::HeadFile, info, limit })
+        Ok(Self { kind: Kind::Head { encoder, head, pair }, format: ScoreFormat::HeadFile, info, limit })
     }
 
     fn load_bert(opts: &ScorerOptions, template: Option<TextTemplate>) -> Result<Self> {
@@ -1023,7 +1030,7 @@ impl ScoreModel {
     }
 
     fn score_head(&self, inputs: &[ScoreInput], control: &WorkControl<'_>) -> std::result::Result<Vec<ScoreOutput>, RoleError> {
-        let Kind::Head { encoder, head } = &self.kind else {
+        let Kind::Head { encoder, head, pair } = &self.kind else {
             return Err(RoleError::Internal("score_head on a model without a head file".into()));
         };
         let segments = head.segments();
@@ -1062,6 +1069,29 @@ impl ScoreModel {
             slot.push(slots);
             tokens.push((count, truncated));
         }
+        // A cross-encoder head's comply factor reads each (prompt, response) as one sequence.
+        let comply_logits = match pair {
+            Some(pair) => {
+                let mut encoded = Vec::with_capacity(inputs.len());
+                for (i, x) in inputs.iter().enumerate() {
+                    let e = encode_pair(pair.bottom(), &x.prompt, &x.response, self.limit)?;
+                    if e.truncated_token_count > 0 && !x.truncate {
+                        return Err(too_long(i, "the (prompt, response) pair", e.ids.len() + e.truncated_token_count, self.limit));
+                    }
+                    tokens[i].0 += e.ids.len();
+                    tokens[i].1 += e.truncated_token_count;
+                    encoded.push(e);
+                }
+                let lens: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+                let mut logits = Vec::with_capacity(encoded.len());
+                for group in encoder_groups(&lens) {
+                    control.check()?;
+                    logits.extend(pair.logits(&encoded[group])?);
+                }
+                Some(logits)
+            }
+            None => None,
+        };
         let mut vectors: Vec<Vec<Vec<f32>>> = Vec::with_capacity(segments.len());
         for texts in &unique {
             let lens: Vec<usize> = texts.iter().map(|e| e.ids.len()).collect();
@@ -1075,9 +1105,11 @@ impl ScoreModel {
         Ok(slot
             .iter()
             .zip(tokens)
-            .map(|(slots, (token_count, truncated_token_count))| {
+            .enumerate()
+            .map(|(i, (slots, (token_count, truncated_token_count)))| {
                 let embeddings: Vec<&[f32]> = slots.iter().enumerate().map(|(s, &k)| vectors[s][k].as_slice()).collect();
-                ScoreOutput { score: head.score(&embeddings), token_scores: Vec::new(), token_count, truncated_token_count }
+                let score = head.score(&embeddings, comply_logits.as_ref().map(|l| l[i]));
+                ScoreOutput { score, token_scores: Vec::new(), token_count, truncated_token_count }
             })
             .collect())
     }

@@ -15,7 +15,9 @@ use ig_core::policy::WorkControl;
 use ig_core::scorer::{ScoreInput, ScoreOutput, ScoreRole, ScorerBackend};
 use ig_core::RoleError;
 use ig_models::encoder::{cosine, EmbedOptions, Pooling, SentenceEncoder};
+use ig_models::cross_head::{encode_pair, masked_mean, BertLayer, CrossHead};
 use ig_models::score_head::{HeadMeta, ScoreHead, Segment};
+use ig_models::two_factor_head::{Factor, Feature};
 use ig_models::scorer::{ScoreFormat, ScoreModel, ScorerOptions, PKU_TEMPLATE};
 use serde_json::Value;
 
@@ -246,6 +248,115 @@ fn head_file_limits_and_truncation() {
     let mut opts = ScorerOptions::new(&path);
     opts.template = Some("{prompt} {response}".into());
     assert!(ScoreModel::load(&opts).is_err());
+}
+
+// ---------------------------------------------------------------- cross-encoder head
+
+/// The untuned last layer of MiniLM, as `BertLayer` computes it over the first five
+/// layers' states, gives the full trunk's final states: the plain-op layer is BERT's.
+#[test]
+fn the_plain_op_top_layer_over_the_bottom_gives_the_full_trunk() {
+    let bottom = SentenceEncoder::load_layers(minilm_dir(), 5, &Device::Cpu).unwrap();
+    let checkpoint = candle_core::safetensors::load(minilm_dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    let top = BertLayer::new(BertLayer::tensors_of_checkpoint(&checkpoint, 5).unwrap(), 12, bottom.layer_norm_eps()).unwrap();
+    let texts = ["How do I bake bread?", "I'm sorry, but I can't help with that request because it could hurt someone."];
+    let encoded: Vec<_> = texts.iter().map(|t| minilm().encode(t, 256).unwrap()).collect();
+    let full = minilm().hidden_states(&encoded).unwrap();
+    let part = bottom.hidden_states(&encoded).unwrap();
+    assert_eq!(full.len(), part.len());
+    for ((idx_f, want, mask), (idx_p, states, _)) in full.iter().zip(&part) {
+        assert_eq!(idx_f, idx_p);
+        let got = top.forward(states, mask).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().broadcast_mul(&mask.unsqueeze(2).unwrap()).unwrap();
+        let diff = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "max difference {diff}");
+    }
+    assert!(SentenceEncoder::load_layers(minilm_dir(), 7, &Device::Cpu).unwrap_err().to_string().contains("7 layers"));
+}
+
+fn hand_made_cross_head(dir: &Path, max_tokens: usize) -> (PathBuf, CrossHead) {
+    let checkpoint = candle_core::safetensors::load(minilm_dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    let layer = BertLayer::new(BertLayer::tensors_of_checkpoint(&checkpoint, 5).unwrap(), 12, 1e-12).unwrap();
+    let w = |k: usize| (0..384).map(|i| ((i * k % 97) as f32 / 48.0) - 1.0).collect::<Vec<f32>>();
+    let head = CrossHead::from_layer(
+        Factor { layout: vec![Feature::Embed(Segment::Prompt)], weight: w(31), bias: 0.5 },
+        Factor { layout: Vec::new(), weight: w(17), bias: -0.25 },
+        5,
+        &layer,
+        HeadMeta {
+            role: ScoreRole::Cost,
+            trunk: "all-MiniLM-L6-v2".into(),
+            trunk_dim: 384,
+            pooling: Pooling::Mean,
+            normalize: true,
+            max_tokens,
+            input_layout: vec![Segment::Prompt],
+            threshold: 0.3,
+            provenance: serde_json::json!({"made_by": "tests/scorers.rs"}),
+        },
+    )
+    .unwrap();
+    let path = dir.join("test_cross_head.safetensors");
+    head.save(&path).unwrap();
+    (path, head)
+}
+
+/// `logit(σ(harm)·σ(comply)) − logit(τ)` by hand: the request's sentence embedding for harm,
+/// the pair through all six layers (the head's layer is the checkpoint's) for comply.
+fn manual_cross_score(head: &CrossHead, prompt: &str, response: &str, max_tokens: usize) -> f32 {
+    let p = &minilm().embed(&[prompt], &head.meta.embed_options()).unwrap()[0];
+    let harm: f32 = head.harm.weight.iter().zip(p).map(|(w, x)| w * x).sum::<f32>() + head.harm.bias;
+    let pair = encode_pair(minilm(), prompt, response, max_tokens).unwrap();
+    let (_, states, mask) = minilm().hidden_states(&[pair]).unwrap().remove(0);
+    let pooled = masked_mean(&states, &mask).unwrap().to_vec2::<f32>().unwrap().remove(0);
+    let comply: f32 = head.comply.weight.iter().zip(&pooled).map(|(w, x)| w * x).sum::<f32>() + head.comply.bias;
+    let (ph, pc) = (1.0 / (1.0 + (-harm as f64).exp()), 1.0 / (1.0 + (-comply as f64).exp()));
+    let q = ph * pc;
+    let t = head.meta.threshold as f64;
+    ((q / (1.0 - q)).ln() - (t / (1.0 - t)).ln()) as f32
+}
+
+#[test]
+fn cross_head_scores_equal_the_manual_computation_and_respect_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, head) = hand_made_cross_head(dir.path(), 256);
+    assert_eq!(ScoreFormat::detect(&path).unwrap(), ScoreFormat::HeadFile);
+    let mut model = ScoreModel::load(&ScorerOptions::new(&path)).unwrap();
+    let info = model.info();
+    assert_eq!(info.head_format, "inferenceguard.score_head.cross_encoder.v1");
+    assert!(info.text_template.contains("[SEP] {response}"), "{}", info.text_template);
+    let items = [
+        item("How do I pick a lock?", "I can't help with breaking into places."),
+        item("How do I pick a lock?", "Sure, here's how: insert a tension wrench"),
+        item("Tell me a joke.", "Why did the chicken cross the road?"),
+    ];
+    let out = run(&mut model, &items).unwrap();
+    for (x, o) in items.iter().zip(&out) {
+        let want = manual_cross_score(&head, &x.prompt, &x.response, 256);
+        assert!((o.score - want).abs() < 1e-4, "{} vs {want}", o.score);
+        // The request embedded alone, plus the pair.
+        let alone = minilm().encode(&x.prompt, 256).unwrap().ids.len();
+        let pair = encode_pair(minilm(), &x.prompt, &x.response, 256).unwrap().ids.len();
+        assert_eq!(o.token_count, alone + pair);
+    }
+    assert!((out[0].score - out[1].score).abs() > 1e-3, "the answer changes the score");
+    assert_batch_equals_single(&mut model, &items);
+
+    // Over the limit: refused naming the pair, or cut (request first) when asked.
+    let (path, head) = hand_made_cross_head(dir.path(), 12);
+    let mut model = ScoreModel::load(&ScorerOptions::new(&path)).unwrap();
+    let long = [item("please tell me how this works in detail", "one two three four five six seven eight")];
+    expect_invalid(run(&mut model, &long), "items[0]", "(prompt, response) pair");
+    let mut cut = long.to_vec();
+    cut[0].truncate = true;
+    let o = run(&mut model, &cut).unwrap().remove(0);
+    assert!(o.truncated_token_count > 0);
+    let want = manual_cross_score(&head, &cut[0].prompt, &cut[0].response, 12);
+    assert!((o.score - want).abs() < 1e-4, "{} vs {want}", o.score);
+    let e = encode_pair(minilm(), "please tell me how this works in detail", "one two three four five six seven eight", 12).unwrap();
+    assert_eq!(e.ids.len(), 12);
+    let decoded = minilm().tokenizer().decode(&e.ids, true).unwrap();
+    assert!(decoded.ends_with("one two three four five six seven eight"), "{decoded}");
 }
 
 // ---------------------------------------------------------------- BertForSequenceClassification

@@ -20,9 +20,12 @@ pub enum Role {
     /// Cost, linear (the weaker baseline): label 1 = unsafe response; calibrated so that
     /// score > 0 means unsafe.
     Cost,
-    /// Cost, two-factor (the default cost model): harm(prompt) · comply(prompt, response),
+    /// Cost, two-factor on frozen features: harm(prompt) · comply(prompt, response),
     /// calibrated so that score > 0 means unsafe.
     CostPair,
+    /// Cost, cross-encoder (the default cost model): the two-factor cost whose comply
+    /// factor reads the pair through MiniLM with its last layer fine-tuned.
+    CostCross,
     /// Reward: Bradley–Terry on helpful ≻ unhelpful pairs.
     Reward,
 }
@@ -66,6 +69,7 @@ pub fn run(args: TrainHeadArgs) -> Result<()> {
     let (role_name, default_layouts) = match args.role {
         Role::Cost => ("cost", "response;response,prompt"),
         Role::CostPair => return run_two_factor(&args),
+        Role::CostCross => return run_cross(&args),
         Role::Reward => ("reward", "response;response,prompt;prompt_response"),
     };
     let layouts: Vec<Vec<Segment>> = args
@@ -94,7 +98,7 @@ pub fn run(args: TrainHeadArgs) -> Result<()> {
     let trained = match args.role {
         Role::Cost => train_cost(&data, &embedder, &opts)?,
         Role::Reward => train_reward(&data, &embedder, &opts)?,
-        Role::CostPair => unreachable!("handled above"),
+        Role::CostPair | Role::CostCross => unreachable!("handled above"),
     };
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -120,7 +124,7 @@ pub fn run(args: TrainHeadArgs) -> Result<()> {
                 "layout {layout:>22}: held-out pairwise accuracy {} on {} pairs",
                 m["pairwise_accuracy"], m["n_pairs"]
             ),
-            Role::CostPair => {}
+            Role::CostPair | Role::CostCross => {}
         }
     }
     println!(
@@ -176,6 +180,60 @@ fn run_two_factor(args: &TrainHeadArgs) -> Result<()> {
         "calibration": r["calibration"],
         "two_factor": r["metrics"],
         "linear_baseline": r["baseline_linear_head"],
+    }))?);
+    println!("wrote {} (threshold tau {})", out.display(), trained.head.meta.threshold);
+    Ok(())
+}
+
+/// Default output of the two-factor head on frozen features, measured side by side.
+const TWO_FACTOR_COST_HEAD: &str = "models/heads/cost-pair-minilm-l6.safetensors";
+
+/// `train-head cost-cross`: the cross-encoder cost head, its loss curves, and its held-out
+/// metrics next to the frozen-feature heads'.
+fn run_cross(args: &TrainHeadArgs) -> Result<()> {
+    if args.layout.is_some() {
+        anyhow::bail!("--layout: the cross-encoder head reads the pair; its layout is fixed");
+    }
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(crate::cross::DEFAULT_HEAD));
+    let cache = ig_assets::AssetCache::from_env()?;
+    let tune = crate::cross::FineTune { seed: args.seed, ..Default::default() };
+    let opts = RunOptions {
+        train: TrainConfig { epochs: args.epochs, lr: args.lr, l2: args.l2, batch_size: args.batch_size, seed: args.seed },
+        layouts: Vec::new(),
+        embed: EmbedOptions { pooling: Pooling::Mean, normalize: true, max_tokens: 256 },
+        embed_cache: (!args.no_embed_cache).then(|| cache.root().join("embeddings")),
+        command: command_line(args, "cost-cross", "", &out).replace(" --layout ''", ""),
+        git_commit: git_commit(),
+    };
+    eprintln!("loading data and {TRUNK} ...");
+    let data = AllData::load()?;
+    let minilm = ig_assets::minilm_dir()?;
+    let embedder = EncoderEmbedder::load(&minilm, TRUNK, opts.embed)?;
+    let mut baselines = Vec::new();
+    for (name, path) in [("linear", LINEAR_COST_HEAD), ("two_factor", TWO_FACTOR_COST_HEAD)] {
+        let path = std::path::Path::new(path);
+        if path.exists() {
+            baselines.push((name.to_string(), ig_models::score_head::HeadFile::load(path)?));
+        }
+    }
+    let trained = crate::cross::train_cross(&data, &embedder, &minilm, &opts, &tune, &baselines)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    trained.head.save(&out).with_context(|| format!("writing {}", out.display()))?;
+    for (part, curve) in [("harm", &trained.curves.0), ("comply", &trained.curves.1)] {
+        let (svg, png) = (out.with_extension(format!("{part}.loss.svg")), out.with_extension(format!("{part}.loss.png")));
+        crate::plot::loss_curve(curve, &format!("cross-encoder cost head, {part}: loss per epoch"), &svg, &png)?;
+        eprintln!("wrote {} and {}", svg.display(), png.display());
+    }
+    let r = &trained.report;
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+        "harm": {"train_auc": r["harm"]["train_auc"], "held_out": r["harm"]["held_out"]},
+        "comply": r["comply"],
+        "threshold": r["threshold"],
+        "calibration": r["calibration"],
+        "cross_encoder": r["metrics"],
+        "baselines": r["baselines"],
     }))?);
     println!("wrote {} (threshold tau {})", out.display(), trained.head.meta.threshold);
     Ok(())

@@ -10,13 +10,17 @@
 //! - [`metrics`]: AUC, rates, pairwise accuracy, threshold calibration;
 //! - [`plot`]: loss curves as SVG and PNG;
 //! - [`pipeline`]: training, calibration, layout selection, held-out evaluation;
-//! - [`two_factor`]: the default cost head, `harm(prompt) · comply(prompt, response)`;
+//! - [`two_factor`]: the two-factor cost head `harm(prompt) · comply(prompt, response)` on
+//!   frozen features (its datasets and checks serve [`cross`] too);
+//! - [`cross`]: the cross-encoder cost head (the default): the comply factor reads the pair
+//!   through MiniLM with its last layer fine-tuned;
 //! - [`cli`]: the `train-head` command;
 //! - [`critic`]: training the critic `V(h, z)` on rollout samples (MSE, Adam, split by prompt,
 //!   loss plot).
 
 pub mod cli;
 pub mod critic;
+pub mod cross;
 pub mod data;
 pub mod datasets;
 pub mod features;

@@ -75,7 +75,7 @@ pub struct FactorItem {
     pub label: bool,
 }
 
-fn counts(items: &[FactorItem]) -> BTreeMap<String, BTreeMap<String, usize>> {
+pub(crate) fn counts(items: &[FactorItem]) -> BTreeMap<String, BTreeMap<String, usize>> {
     let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for i in items {
         let split = match i.split {
@@ -358,7 +358,7 @@ fn factor_features(table: &EmbeddingTable, layout: &[Feature], prompt: &str, res
     out
 }
 
-fn fit_factor(
+pub(crate) fn fit_factor(
     name: &str,
     items: &[FactorItem],
     layout: &[Feature],
@@ -384,13 +384,14 @@ fn fit_factor(
     Ok((Factor { layout: layout.to_vec(), weight: fit.weight, bias: fit.bias }, fit.curve, report))
 }
 
-/// Trains, calibrates and measures the two-factor head; `baseline` (the linear head) is
-/// measured on the same checks, side by side.
-pub fn train_two_factor(data: &AllData, embedder: &dyn Embedder, opts: &RunOptions, baseline: Option<&ScoreHead>) -> Result<TrainedTwoFactor> {
-    let harm_items = harm_dataset(data);
-    let comply_items = comply_dataset(data, opts.train.seed);
-    let calib = calibration_groups(data);
-    // Every text any factor, check or the baseline reads: prompts and responses alone.
+/// Every text a factor, a check or a baseline head reads, prompts and responses alone (one
+/// list for every cost head trained here, so they share one embedding cache entry).
+pub fn embedding_texts(
+    data: &AllData,
+    harm_items: &[FactorItem],
+    comply_items: &[FactorItem],
+    calib: &[(String, Vec<(String, String)>)],
+) -> Vec<String> {
     let mut texts: Vec<String> = Vec::new();
     let mut add = |p: &str, r: &str| {
         texts.push(p.to_string());
@@ -405,6 +406,16 @@ pub fn train_two_factor(data: &AllData, embedder: &dyn Embedder, opts: &RunOptio
         add(&p.benign_prompt, &p.benign_answer);
     }
     data.pyrit.iter().for_each(|r| add(&r.prompt, &r.response));
+    texts
+}
+
+/// Trains, calibrates and measures the two-factor head; `baseline` (the linear head) is
+/// measured on the same checks, side by side.
+pub fn train_two_factor(data: &AllData, embedder: &dyn Embedder, opts: &RunOptions, baseline: Option<&ScoreHead>) -> Result<TrainedTwoFactor> {
+    let harm_items = harm_dataset(data);
+    let comply_items = comply_dataset(data, opts.train.seed);
+    let calib = calibration_groups(data);
+    let texts = embedding_texts(data, &harm_items, &comply_items, &calib);
     let table = EmbeddingTable::build(embedder, texts, "two-factor data", opts.embed_cache.as_deref())?;
 
     let (harm, harm_curve, harm_report) = fit_factor("harm factor", &harm_items, HARM_LAYOUT, &table, opts)?;
