@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use ig_models::policy::LlamaPolicy;
+use ig_models::policy::CausalLmPolicy;
 use ig_models::scorer::ScoreModel;
 use ig_orchestrator::in_process::{EnginePolicy, EngineScorer, InProcessRoles};
 use ig_orchestrator::search::Method;
@@ -182,7 +182,7 @@ pub(crate) const DEMO_TOP_P: f32 = 0.9;
 /// cheap clones: the role servers and in-process callers share one model.
 pub(crate) struct RoleEngines {
     pub policy_args: ig_policy::PolicyArgs,
-    pub policy: Engine<LlamaPolicy>,
+    pub policy: Engine<CausalLmPolicy>,
     pub cost_args: ScorerArgs,
     pub cost: Engine<ScoreModel>,
     pub reward_args: ScorerArgs,
@@ -207,7 +207,7 @@ impl RoleEngines {
 
     /// The search's roles called in-process on these models (no gRPC); waits
     /// until the models are ready.
-    pub(crate) async fn in_process(&self) -> anyhow::Result<InProcessRoles<LlamaPolicy>> {
+    pub(crate) async fn in_process(&self) -> anyhow::Result<InProcessRoles<CausalLmPolicy>> {
         let scorer = |engine: &Engine<ScoreModel>, args: &ScorerArgs| EngineScorer::new(engine.clone(), &args.limits(), args.max_batch_items, args.queue_depth);
         let (policy, cost, reward) = tokio::try_join!(
             EnginePolicy::new(self.policy.clone(), self.policy_args.limits()),

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::Args;
 use ig_models::kv_cache::KvCache;
-use ig_models::llama::{Llama, Positions, WeightDtype};
+use ig_models::causal_lm::{CausalLm, Positions, WeightDtype};
 use serde::{Deserialize, Serialize};
 
 use super::llamacpp::{self, PeerRun, PeerWorkload};
@@ -82,7 +82,7 @@ pub(crate) struct PolicyResults {
 
 /// One run: prefill `batch` prompts, then `steps` decode steps; returns
 /// (prefill seconds, decode seconds).
-fn one_run(model: &Llama, batch: usize, prompt: &[u32], steps: usize) -> anyhow::Result<(f64, f64)> {
+fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize) -> anyhow::Result<(f64, f64)> {
     let mut cache: KvCache = model.new_cache();
     let tokens: Vec<u32> = (0..batch).flat_map(|_| prompt.iter().copied()).collect();
     let t0 = Instant::now();
@@ -109,7 +109,7 @@ pub fn run(args: PolicyBench) -> anyhow::Result<()> {
     for &dtype in &args.dtypes {
         bar.set_message(format!("loading {dtype:?}"));
         let device = ig_models::Device::Cpu;
-        let model = if path.is_dir() { Llama::from_safetensors_dir(&path, dtype, &device)? } else { Llama::from_gguf(&path, dtype, &device)?.0 };
+        let model = if path.is_dir() { CausalLm::from_safetensors_dir(&path, dtype, &device)? } else { CausalLm::from_gguf(&path, dtype, &device)?.0 };
         for &batch in &args.batches {
             bar.set_message(format!("{} batch {batch}", model.weight_dtype()));
             let times = warm_then_measure(runs, &bar, |_| one_run(&model, batch, &prompt, args.decode_steps))?;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ig_models::policy::LlamaPolicy;
+use ig_models::policy::CausalLmPolicy;
 use ig_orchestrator::guard::{search_params, wire_method};
 use ig_orchestrator::in_process::InProcessRoles;
 use ig_orchestrator::search::{Method, Params};
@@ -204,7 +204,7 @@ impl RunTotals {
 /// The ways to the roles this benchmark uses.
 struct Paths {
     guard: Option<GuardClient>,
-    local: Option<InProcessRoles<LlamaPolicy>>,
+    local: Option<InProcessRoles<CausalLmPolicy>>,
 }
 
 impl Paths {

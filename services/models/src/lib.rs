@@ -1,7 +1,10 @@
 //! Model code on candle for InferenceGuard Mesh. Knows nothing of gRPC.
 //!
-//! - [`llama`]: the Llama-family causal LM (GGUF and safetensors) with an
-//!   external KV cache and segment-batched forward passes.
+//! - [`causal_lm`]: the decoder-only causal LM of the Llama, Mistral, Qwen2 and
+//!   Qwen3 families (GGUF and safetensors) with an external KV cache and
+//!   segment-batched forward passes.
+//! - [`tiny_checkpoint`]: small random checkpoints of every family, both
+//!   formats, for reference and contract tests.
 //! - [`kv_cache`]: the cache, with fork / expand / row selection for beams.
 //! - [`tokenizer`]: tokenizers (from `tokenizer.json` or GGUF metadata) and
 //!   chat templates.
@@ -24,12 +27,13 @@ pub mod critic;
 pub mod cross_head;
 pub mod encoder;
 pub mod kv_cache;
-pub mod llama;
+pub mod causal_lm;
 pub mod policy;
 pub mod prefix_cache;
 pub mod sampling;
 pub mod score_head;
 pub mod scorer;
+pub mod tiny_checkpoint;
 pub mod tokenizer;
 pub mod two_factor_head;
 

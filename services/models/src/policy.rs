@@ -1,8 +1,8 @@
-//! The policy backend: a [`Llama`] plus its tokenizer and a prefix cache,
+//! The policy backend: a [`CausalLm`] plus its tokenizer and a prefix cache,
 //! implementing [`PolicyBackend`] (chunk extension, top-k, and decoding from
 //! given latents).
 //!
-//! An extension ([`LlamaExtend`]) starts by computing every prefix's state:
+//! An extension ([`CausalLmExtend`]) starts by computing every prefix's state:
 //! prefixes that miss the cache are prefilled in one pass, and each prefix's
 //! cache is forked into its children. Each step then feeds the sampled token
 //! of every live child of every run in flight, across concurrent requests,
@@ -23,7 +23,7 @@ use ig_core::RoleError;
 use rand_chacha::ChaCha8Rng;
 
 use crate::kv_cache::KvCache;
-use crate::llama::{ForwardOutput, Llama, Positions, Segment, WeightDtype};
+use crate::causal_lm::{ForwardOutput, CausalLm, Positions, Segment, WeightDtype};
 use crate::prefix_cache::{CachedGroup, PrefixCache};
 use crate::sampling::{child_rng, log_sum_exp, rng_at_draw, sample};
 use crate::tokenizer::TokenizerCodec;
@@ -49,8 +49,8 @@ pub struct PolicyOptions {
 pub const DEFAULT_MAX_PREFILL_TOKENS: usize = 4096;
 
 /// A causal LM ready to extend prefixes.
-pub struct LlamaPolicy {
-    model: Llama,
+pub struct CausalLmPolicy {
+    model: CausalLm,
     codec: Arc<TokenizerCodec>,
     cache: PrefixCache,
     max_prefill_tokens: usize,
@@ -82,17 +82,17 @@ struct Group {
     biases: Vec<(u32, f32)>,
 }
 
-impl LlamaPolicy {
+impl CausalLmPolicy {
     /// Loads the model and its tokenizer.
     pub fn load(opts: &PolicyOptions) -> Result<Self> {
         let path = &opts.model;
         let (model, codec) = if path.is_dir() {
-            let model = Llama::from_safetensors_dir(path, opts.dtype, &opts.device)?;
+            let model = CausalLm::from_safetensors_dir(path, opts.dtype, &opts.device)?;
             let (eos, bos) = hf_special_ids(path)?;
             let codec = TokenizerCodec::from_hf_dir(path, &eos, bos)?;
             (model, codec)
         } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            let (model, meta) = Llama::from_gguf(path, opts.dtype, &opts.device)?;
+            let (model, meta) = CausalLm::from_gguf(path, opts.dtype, &opts.device)?;
             // A tokenizer.json beside the file wins over the one rebuilt from metadata.
             let dir = path.parent().unwrap_or(Path::new("."));
             let codec = if dir.join("tokenizer.json").exists() {
@@ -117,7 +117,7 @@ impl LlamaPolicy {
         let cfg = model.config();
         let info = PolicyInfo {
             model_id: model_id(path),
-            architecture: "llama".into(),
+            architecture: cfg.architecture.name().into(),
             vocab_size: cfg.vocab_size,
             latent_dim: cfg.hidden_size,
             eos_token_ids: codec.eos_ids().to_vec(),
@@ -143,7 +143,7 @@ impl LlamaPolicy {
     }
 
     /// The model.
-    pub fn model(&self) -> &Llama {
+    pub fn model(&self) -> &CausalLm {
         &self.model
     }
 
@@ -312,7 +312,7 @@ impl LlamaPolicy {
         })
     }
 
-    fn begin(&mut self, req: &ExtendRequest) -> Result<LlamaExtend> {
+    fn begin(&mut self, req: &ExtendRequest) -> Result<CausalLmExtend> {
         let mut stats = ExtendStats::default();
         let sequences: Vec<&[u32]> = req.prefixes.iter().map(|p| p.token_ids.as_slice()).collect();
         let starts = self.start_states(&sequences, &mut stats)?;
@@ -341,7 +341,7 @@ impl LlamaPolicy {
                 biases: p.logit_biases.clone(),
             });
         }
-        Ok(LlamaExtend {
+        Ok(CausalLmExtend {
             stop: self.info.eos_token_ids.iter().chain(&req.stop_token_ids).copied().collect(),
             sampling: req.sampling,
             chunk_tokens: req.chunk_tokens,
@@ -356,7 +356,7 @@ impl LlamaPolicy {
     }
 
     /// One token for every live child of every run, in one forward pass.
-    fn step(&mut self, runs: &mut [&mut LlamaExtend]) -> Result<()> {
+    fn step(&mut self, runs: &mut [&mut CausalLmExtend]) -> Result<()> {
         let vocab = self.info.vocab_size;
         let fed: Vec<Vec<Vec<u32>>> = runs.iter_mut().map(|r| r.draw(vocab)).collect();
         let out = {
@@ -385,7 +385,7 @@ impl LlamaPolicy {
 
 /// An extension in progress ([`ExtendRun`]): the live children of each
 /// prefix with the logits of their next token.
-pub struct LlamaExtend {
+pub struct CausalLmExtend {
     stop: HashSet<u32>,
     sampling: Sampling,
     chunk_tokens: usize,
@@ -399,7 +399,7 @@ pub struct LlamaExtend {
     finished: Vec<Candidate>,
 }
 
-impl LlamaExtend {
+impl CausalLmExtend {
     /// Draws one token for every live child; returns them per group.
     fn draw(&mut self, vocab: usize) -> Vec<Vec<u32>> {
         let mut scratch = Vec::new();
@@ -435,7 +435,7 @@ impl LlamaExtend {
 
     /// Takes this run's rows `base..` of a forward pass: the logits are the
     /// next step's, the hidden states the latents of candidates that end here.
-    fn absorb(&mut self, policy: &mut LlamaPolicy, out: &ForwardOutput, flat: &[f32], hidden: Option<&[f32]>, base: usize) -> Result<()> {
+    fn absorb(&mut self, policy: &mut CausalLmPolicy, out: &ForwardOutput, flat: &[f32], hidden: Option<&[f32]>, base: usize) -> Result<()> {
         let vocab = policy.info.vocab_size;
         let dim = policy.info.latent_dim;
         let mut next_logits = Vec::with_capacity(self.row_logits.len());
@@ -496,7 +496,7 @@ impl LlamaExtend {
     }
 }
 
-impl ExtendRun for LlamaExtend {
+impl ExtendRun for CausalLmExtend {
     fn is_done(&self) -> bool {
         self.groups.is_empty()
     }
@@ -533,8 +533,8 @@ fn draw(
     sample(biased, sampling, rng, scratch)
 }
 
-impl PolicyBackend for LlamaPolicy {
-    type Run = LlamaExtend;
+impl PolicyBackend for CausalLmPolicy {
+    type Run = CausalLmExtend;
 
     fn info(&self) -> PolicyInfo {
         self.info.clone()
@@ -558,11 +558,11 @@ impl PolicyBackend for LlamaPolicy {
         Ok(())
     }
 
-    fn begin_extend(&mut self, request: &ExtendRequest) -> std::result::Result<LlamaExtend, RoleError> {
+    fn begin_extend(&mut self, request: &ExtendRequest) -> std::result::Result<CausalLmExtend, RoleError> {
         Ok(self.begin(request)?)
     }
 
-    fn step_extends(&mut self, runs: &mut [&mut LlamaExtend]) -> std::result::Result<(), RoleError> {
+    fn step_extends(&mut self, runs: &mut [&mut CausalLmExtend]) -> std::result::Result<(), RoleError> {
         Ok(self.step(runs)?)
     }
 

@@ -91,7 +91,7 @@ use tokenizers::Tokenizer;
 use crate::encoder::{keep_mask, Encoded, SentenceEncoder};
 use crate::cross_head::{encode_pair, PairComply};
 use crate::kv_cache::KvCache;
-use crate::llama::{Llama, Positions, Segment as LlamaSegment, WeightDtype};
+use crate::causal_lm::{CausalLm, Positions, Segment as LmSegment, WeightDtype};
 use crate::policy::device_name;
 use crate::score_head::{read_header_metadata, role_name, HeadFile, FORMAT, HEAD_FORMATS};
 use crate::{ModelError, Result};
@@ -531,7 +531,7 @@ enum Kind {
         template: Option<TextTemplate>,
     },
     Causal {
-        model: Llama,
+        model: CausalLm,
         tokenizer: Tokenizer,
         /// Prepended when the tokenizer's post-processor does not add it but
         /// `tokenizer_config.json` asks for it.
@@ -757,7 +757,7 @@ impl ScoreModel {
     fn load_causal(opts: &ScorerOptions, format: ScoreFormat, template: Option<TextTemplate>) -> Result<Self> {
         let dir = &opts.model;
         let config = read_json(&dir.join("config.json"))?;
-        let (model, mut rest) = Llama::trunk_from_safetensors_dir(dir, opts.dtype, &opts.device)?;
+        let (model, mut rest) = CausalLm::trunk_from_safetensors_dir(dir, opts.dtype, &opts.device)?;
         let hidden = model.config().hidden_size;
         let missing = |n: &str| ModelError::Format(format!("{}: no tensor {n:?}", dir.display()));
         let (head, end, from_file, default_template) = if format == ScoreFormat::LlamaForScore {
@@ -812,7 +812,7 @@ impl ScoreModel {
             role,
             model_id: model_id(dir),
             score_description: description(role),
-            architecture: "llama".into(),
+            architecture: model.config().architecture.name().into(),
             head_format: format.name().into(),
             text_template: template.source().to_string(),
             token_scores_available: true,
@@ -845,10 +845,10 @@ impl ScoreModel {
         let mut out = Vec::with_capacity(sequences.len());
         for group in pass_groups(sequences.iter().map(Vec::len)) {
             let mut caches: Vec<KvCache> = group.iter().map(|_| model.new_cache()).collect();
-            let mut segs: Vec<LlamaSegment<'_>> = group
+            let mut segs: Vec<LmSegment<'_>> = group
                 .iter()
                 .zip(caches.iter_mut())
-                .map(|(&i, cache)| LlamaSegment { tokens: &sequences[i], rows: 1, cache })
+                .map(|(&i, cache)| LmSegment { tokens: &sequences[i], rows: 1, cache })
                 .collect();
             let hidden = model.hidden_segments(&mut segs, Positions::All)?;
             let scores = head.scores(&hidden)?;
@@ -928,10 +928,10 @@ impl ScoreModel {
         for group in pass_groups(prepared.iter().map(|p| p.ids.len())) {
             control.check()?;
             let mut caches: Vec<KvCache> = group.iter().map(|_| model.new_cache()).collect();
-            let mut segs: Vec<LlamaSegment<'_>> = group
+            let mut segs: Vec<LmSegment<'_>> = group
                 .iter()
                 .zip(caches.iter_mut())
-                .map(|(&i, cache)| LlamaSegment { tokens: &prepared[i].ids, rows: 1, cache })
+                .map(|(&i, cache)| LmSegment { tokens: &prepared[i].ids, rows: 1, cache })
                 .collect();
             let hidden = model.hidden_segments(&mut segs, Positions::All)?;
             // Only the rows a score is read at go through the head.

@@ -14,11 +14,48 @@ use ig_core::RoleError;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::normalizers::NFC;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::PreTokenizerWrapper;
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::llama::GgufMetadata;
+use crate::causal_lm::GgufMetadata;
 use crate::{ModelError, Result};
+
+/// Llama 3's pre-tokenizer split (GGUF `tokenizer.ggml.pre` = `llama-bpe`), as
+/// in its `tokenizer.json`: numbers in groups of up to three digits.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split (`qwen2`): the same, but every digit on its own.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The GGUF pre-tokenizers [`TokenizerCodec::from_gguf`] rebuilds.
+pub const GGUF_PRE_TOKENIZERS: &str = "smollm, llama-bpe, qwen2, default";
+
+/// The pre-tokenizer (and normaliser) a GGUF `tokenizer.ggml.pre` names, as
+/// the model's own `tokenizer.json` spells it out.
+fn gguf_pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        Ok(Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| ModelError::Format(format!("pre-tokenizer regex: {e}")))?
+            .into())
+    };
+    Ok(match pre {
+        // SmolLM2: digits one by one, then GPT-2's byte-level regex split; no prefix space.
+        "smollm" => (Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(), false),
+        "llama-bpe" => (Sequence::new(vec![split(LLAMA3_SPLIT)?, ByteLevel::new(false, true, false).into()]).into(), false),
+        // Qwen2/2.5 (and Qwen3, which llama.cpp also tags `qwen2`) normalise to NFC first.
+        "qwen2" => (Sequence::new(vec![split(QWEN2_SPLIT)?, ByteLevel::new(false, false, false).into()]).into(), true),
+        // GPT-2 itself, and files written before llama.cpp recorded the pre-tokenizer.
+        "default" | "gpt-2" | "" => (ByteLevel::new(false, true, true).into(), false),
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "GGUF tokenizer.ggml.pre {other:?}; rebuilt from metadata: {GGUF_PRE_TOKENIZERS} \
+                 (or put the model's tokenizer.json beside the file)"
+            )))
+        }
+    })
+}
 
 /// GGUF token type of control tokens (chat markup, EOS, ...).
 const GGUF_TOKEN_CONTROL: i32 = 3;
@@ -92,13 +129,12 @@ impl TokenizerCodec {
             .build()
             .map_err(|e| ModelError::Format(format!("GGUF tokenizer: {e}")))?;
         let mut tokenizer = Tokenizer::new(bpe);
-        // What the checkpoint's tokenizer.json says for SmolLM2 (GGUF
-        // `tokenizer.ggml.pre` = "smollm"): split digits one by one, then
-        // GPT-2's byte-level regex split; no prefix space.
-        tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
-            Digits::new(true).into(),
-            ByteLevel::new(false, true, true).into(),
-        ])));
+        let pre = meta_str(meta, "tokenizer.ggml.pre").map(String::as_str).unwrap_or("");
+        let (pre_tokenizer, nfc) = gguf_pre_tokenizer(pre)?;
+        tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+        if nfc {
+            tokenizer.with_normalizer(Some(NFC)).map_err(|e| ModelError::Format(format!("GGUF tokenizer: {e}")))?;
+        }
         tokenizer.with_decoder(Some(ByteLevel::default()));
         let special: Vec<AddedToken> = tokens
             .iter()

@@ -9,7 +9,7 @@
 //!   position) and 32 decode steps on the KV cache, teacher-forced with the CPU
 //!   f32 greedy tokens, for each weight dtype on CUDA against the CPU; and a
 //!   free-running greedy decode on CUDA against the CPU's tokens.
-//! - `cuda_extend_matches_cpu`: `LlamaPolicy::extend` (seeded sampling,
+//! - `cuda_extend_matches_cpu`: `CausalLmPolicy::extend` (seeded sampling,
 //!   latents, the prefix cache, a second chunk) on CUDA against the CPU.
 //! - `cuda_throughput` (ignored; `--include-ignored`): the workload of
 //!   `inferenceguard bench policy` (prefill of B prompts of 64 tokens, then 16
@@ -26,8 +26,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use ig_core::policy::{Candidate, ExtendRequest, PolicyBackend, PrefixSpec, Sampling, TextCodec, WorkControl};
-use ig_models::llama::{Llama, Positions, WeightDtype};
-use ig_models::policy::{LlamaPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
+use ig_models::causal_lm::{CausalLm, Positions, WeightDtype};
+use ig_models::policy::{CausalLmPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
 
 fn smollm2() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -105,7 +105,7 @@ struct Trace {
     greedy: Vec<u32>,
 }
 
-fn trace(model: &Llama, prompt: &[u32], forced: Option<&[u32]>) -> Trace {
+fn trace(model: &CausalLm, prompt: &[u32], forced: Option<&[u32]>) -> Trace {
     let vocab = model.config().vocab_size;
     let mut cache = model.new_cache();
     let out = model.forward(prompt, 1, &mut cache, Positions::All).unwrap();
@@ -141,10 +141,10 @@ fn cuda_forward_matches_cpu() {
     let Some(cuda) = gpu() else { return };
     let codec = {
         let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
-        LlamaPolicy::load(&opts).unwrap().tokenizer().clone()
+        CausalLmPolicy::load(&opts).unwrap().tokenizer().clone()
     };
     let prompt = codec.tokenize(PROMPT, false).unwrap();
-    let cpu_f32 = Llama::from_gguf(smollm2(), WeightDtype::F32, &Device::Cpu).unwrap().0;
+    let cpu_f32 = CausalLm::from_gguf(smollm2(), WeightDtype::F32, &Device::Cpu).unwrap().0;
     let vocab = cpu_f32.config().vocab_size;
     let reference = trace(&cpu_f32, &prompt, None);
     let forced = reference.greedy.clone();
@@ -167,11 +167,11 @@ fn cuda_forward_matches_cpu() {
         let want = if ref_dtype == WeightDtype::F32 {
             None
         } else {
-            let m = Llama::from_gguf(smollm2(), ref_dtype, &Device::Cpu).unwrap().0;
+            let m = CausalLm::from_gguf(smollm2(), ref_dtype, &Device::Cpu).unwrap().0;
             Some(trace(&m, &prompt, Some(&forced)))
         };
         let want = want.as_ref().unwrap_or(&reference);
-        let model = Llama::from_gguf(smollm2(), dtype, &cuda).unwrap().0;
+        let model = CausalLm::from_gguf(smollm2(), dtype, &cuda).unwrap().0;
         let got = trace(&model, &prompt, Some(&forced));
         let step_logits_got: Vec<f32> = got.step_logits.concat();
         let step_logits_want: Vec<f32> = want.step_logits.concat();
@@ -228,7 +228,7 @@ fn cuda_forward_matches_cpu() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-fn extend_all(policy: &mut LlamaPolicy, req: &ExtendRequest) -> Vec<Candidate> {
+fn extend_all(policy: &mut CausalLmPolicy, req: &ExtendRequest) -> Vec<Candidate> {
     let mut out = Vec::new();
     policy.extend(req, &WorkControl::new(None, &|| false), &mut |c| out.extend(c)).unwrap();
     out.sort_by_key(|c| (c.prefix_index, c.child_index));
@@ -274,7 +274,7 @@ fn compare_extend(label: &str, got: &[Candidate], want: &[Candidate]) -> usize {
 fn cuda_extend_matches_cpu() {
     let Some(cuda) = gpu() else { return };
     let load = |dtype, device: &Device| {
-        LlamaPolicy::load(&PolicyOptions { model: smollm2().to_path_buf(), dtype, device: device.clone(), prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS })
+        CausalLmPolicy::load(&PolicyOptions { model: smollm2().to_path_buf(), dtype, device: device.clone(), prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS })
             .unwrap()
     };
     let mut cpu = load(WeightDtype::F32, &Device::Cpu);
@@ -328,7 +328,7 @@ fn cuda_extend_matches_cpu() {
 }
 
 /// One run of `bench policy`'s workload; returns (prefill s, decode s).
-fn one_run(model: &Llama, batch: usize, prompt: &[u32], steps: usize) -> (f64, f64) {
+fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize) -> (f64, f64) {
     let device = model.device().clone();
     let mut cache = model.new_cache();
     let tokens: Vec<u32> = (0..batch).flat_map(|_| prompt.iter().copied()).collect();
@@ -369,7 +369,7 @@ fn cuda_throughput() {
     cells.extend(env_list("IG_BENCH_CPU_DTYPES", "f32").iter().filter(|d| !d.is_empty()).map(|d| (Device::Cpu, d.parse().unwrap())));
     println!("cpu threads: {}", ig_models::num_threads());
     for (device, dtype) in cells {
-        let model = Llama::from_gguf(smollm2(), dtype, &device).unwrap().0;
+        let model = CausalLm::from_gguf(smollm2(), dtype, &device).unwrap().0;
         let dev = ig_models::policy::device_name(&device);
         for &batch in &batches {
             one_run(&model, batch, &prompt, steps);

@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use ig_core::policy::{ExtendRequest, PolicyBackend, PrefixSpec, Sampling, TextCodec, WorkControl};
-use ig_models::llama::{Llama, Positions, WeightDtype};
-use ig_models::policy::{LlamaPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
+use ig_models::causal_lm::{CausalLm, Positions, WeightDtype};
+use ig_models::policy::{CausalLmPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
 use ig_models::tokenizer::TokenizerCodec;
 use serde_json::Value;
 
@@ -101,7 +101,7 @@ fn chat_template_renders_like_transformers() {
 #[test]
 fn gguf_logits_match_candle_quantized_llama() {
     let device = Device::Cpu;
-    let (ours, _) = Llama::from_gguf(smollm2(), WeightDtype::Native, &device).unwrap();
+    let (ours, _) = CausalLm::from_gguf(smollm2(), WeightDtype::Native, &device).unwrap();
     let mut file = std::fs::File::open(smollm2()).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
     let mut reference =
@@ -135,7 +135,7 @@ fn batched_chunked_latents_equal_a_fresh_prefill() {
         prefix_cache_bytes: 256 << 20,
         max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
     };
-    let mut policy = LlamaPolicy::load(&opts).unwrap();
+    let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let a = codec.tokenize("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
     let b = codec.tokenize("<|im_start|>user\nWrite one word about the sea, then stop.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
@@ -200,7 +200,7 @@ fn same_seed_same_candidates_whatever_the_batch() {
         prefix_cache_bytes: 0,
         max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
     };
-    let mut policy = LlamaPolicy::load(&opts).unwrap();
+    let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let p0 = codec.tokenize("<|im_start|>user\nTell me a joke.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
     let p1 = codec.tokenize("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
@@ -215,7 +215,7 @@ fn same_seed_same_candidates_whatever_the_batch() {
         max_sequence_tokens: 2048,
         with_latents: false,
     };
-    let run = |policy: &mut LlamaPolicy, req: &ExtendRequest| {
+    let run = |policy: &mut CausalLmPolicy, req: &ExtendRequest| {
         let mut out = Vec::new();
         policy.extend(req, &WorkControl::new(None, &|| false), &mut |c| out.extend(c)).unwrap();
         out.sort_by_key(|c| (c.prefix_index, c.child_index));
@@ -240,7 +240,7 @@ fn same_seed_same_candidates_whatever_the_batch() {
 fn check_safetensors_variant(dir: &str, tol: f32) {
     let dir = fixture(dir);
     let golden = json(&dir.join("golden.json"));
-    let model = Llama::from_safetensors_dir(&dir, WeightDtype::F32, &Device::Cpu).unwrap();
+    let model = CausalLm::from_safetensors_dir(&dir, WeightDtype::F32, &Device::Cpu).unwrap();
     let rows: Vec<Vec<u32>> = golden["input_ids"].as_array().unwrap().iter().map(ids).collect();
     let t = rows[0].len();
     let flat: Vec<u32> = rows.concat();
@@ -281,7 +281,7 @@ fn safetensors_tied_bf16_matches_transformers() {
 fn runs_batched_together_draw_what_each_draws_alone() {
     use ig_core::policy::{ExtendRun, PolicyBackend};
     let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
-    let mut policy = LlamaPolicy::load(&opts).unwrap();
+    let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let request = |text: &str, children: usize, chunk: usize, seed: u64| ExtendRequest {
         prefixes: vec![PrefixSpec {
@@ -301,7 +301,7 @@ fn runs_batched_together_draw_what_each_draws_alone() {
         v.sort_by_key(|c| c.child_index);
         v.into_iter().map(|c| (c.child_index, c.token_ids, c.latent.unwrap())).collect::<Vec<_>>()
     };
-    let alone = |policy: &mut LlamaPolicy, req: &ExtendRequest| {
+    let alone = |policy: &mut CausalLmPolicy, req: &ExtendRequest| {
         let mut out = Vec::new();
         policy.extend(req, &WorkControl::new(None, &|| false), &mut |c| out.extend(c)).unwrap();
         key(out)
@@ -350,7 +350,7 @@ fn decoding_from_unedited_latents_redraws_the_extension() {
     use ig_core::policy::{FinishReason, LatentDecodeRequest, LatentItem, TopKRequest};
     use std::collections::HashSet;
     let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
-    let mut policy = LlamaPolicy::load(&opts).unwrap();
+    let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let prompt = codec.tokenize("<|im_start|>user\nTell me a long story about a brave dragon.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
     let never = WorkControl::new(None, &|| false);
@@ -425,7 +425,7 @@ fn decoding_from_unedited_latents_redraws_the_extension() {
 fn latent_items_together_draw_what_each_draws_alone() {
     use ig_core::policy::{LatentDecodeRequest, LatentItem, TopKRequest};
     let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
-    let mut policy = LlamaPolicy::load(&opts).unwrap();
+    let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let never = WorkControl::new(None, &|| false);
     let prompts: Vec<Vec<u32>> = ["Name a colour.", "Write a haiku about rivers."]
@@ -453,7 +453,7 @@ fn latent_items_together_draw_what_each_draws_alone() {
     }
     // A latent moved far along another direction gives another distribution.
     let edited: Vec<f32> = latents[0].iter().zip(&latents[1]).map(|(a, b)| a + 3.0 * b).collect();
-    let greedy = |latent: Vec<f32>, policy: &mut LlamaPolicy| {
+    let greedy = |latent: Vec<f32>, policy: &mut CausalLmPolicy| {
         let mut r = request(vec![item(0, latent)]);
         r.sampling.temperature = 0.0;
         r.with_next_latents = false;
@@ -471,7 +471,7 @@ fn latent_items_together_draw_what_each_draws_alone() {
 fn prefill_over_the_per_pass_cap_takes_several_passes_to_the_same_state() {
     use ig_core::policy::TopKRequest;
     let load = |max_prefill_tokens| {
-        LlamaPolicy::load(&PolicyOptions {
+        CausalLmPolicy::load(&PolicyOptions {
             model: smollm2().to_path_buf(),
             dtype: WeightDtype::F32,
             device: Device::Cpu,

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ig_core::policy::{PolicyBackend, PolicyLimits};
-use ig_models::llama::WeightDtype;
-use ig_models::policy::{parse_device, LlamaPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
+use ig_models::causal_lm::WeightDtype;
+use ig_models::policy::{parse_device, CausalLmPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
 use ig_proto::v1::policy_service_server::PolicyServiceServer;
 use ig_serve::{Engine, ServeOptions};
 use tokio::net::TcpListener;
@@ -127,7 +127,7 @@ impl PolicyArgs {
 
 /// Loads the model described by `args` on a model thread. Returns at once;
 /// the engine reports when the model is ready.
-pub fn start_engine(args: &PolicyArgs) -> anyhow::Result<Engine<LlamaPolicy>> {
+pub fn start_engine(args: &PolicyArgs) -> anyhow::Result<Engine<CausalLmPolicy>> {
     let opts = PolicyOptions {
         model: args.model_path()?,
         dtype: args.dtype,
@@ -137,7 +137,7 @@ pub fn start_engine(args: &PolicyArgs) -> anyhow::Result<Engine<LlamaPolicy>> {
     };
     tracing::info!(model = %opts.model.display(), dtype = ?opts.dtype, device = %args.device, "loading the policy model");
     let engine = Engine::spawn("policy", args.queue_depth, move || {
-        let mut policy = LlamaPolicy::load(&opts)?;
+        let mut policy = CausalLmPolicy::load(&opts)?;
         policy.warm_up()?;
         Ok(policy)
     })?;
@@ -154,7 +154,7 @@ pub async fn run(args: PolicyArgs, listener: TcpListener, shutdown: impl Future<
 /// Serves a model already on its thread (the caller may keep a handle to `engine`, e.g. to
 /// call it in-process too) on `listener` until `shutdown`.
 pub async fn serve(
-    engine: Engine<LlamaPolicy>,
+    engine: Engine<CausalLmPolicy>,
     args: &PolicyArgs,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ig_core::scorer::{ScoreRole, ScorerBackend, ScorerLimits};
-use ig_models::llama::WeightDtype;
+use ig_models::causal_lm::WeightDtype;
 use ig_models::policy::parse_device;
 use ig_models::scorer::{ScoreModel, ScorerOptions};
 use ig_proto::v1::scorer_service_server::ScorerServiceServer;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use ig_models::policy::LlamaPolicy;
+use ig_models::policy::CausalLmPolicy;
 use ig_orchestrator::in_process::{EnginePolicy, EngineScorer, InProcessRoles};
 use ig_orchestrator::PolicyClient;
 use tokio::net::TcpListener;
@@ -89,7 +89,7 @@ pub fn demo_head(role: &str) -> std::path::PathBuf {
 
 /// The models of [`shared_roles`], loaded again and called in-process (no
 /// servers, no gRPC), with the servers' default settings.
-pub async fn in_process_roles() -> InProcessRoles<LlamaPolicy> {
+pub async fn in_process_roles() -> InProcessRoles<CausalLmPolicy> {
     let policy = Wrap::parse_from(["ig-policy", "--dtype", "f32"]).policy;
     let scorer = |role: &str| {
         let args = ig_scorer::ScorerArgs::with_model(&demo_head(role), "127.0.0.1:0".parse().unwrap());

@@ -1,15 +1,20 @@
-//! A Llama-family causal LM with an external KV cache.
+//! A decoder-only causal LM with an external KV cache: the Llama, Mistral,
+//! Qwen2/Qwen2.5 and Qwen3 families.
 //!
-//! One type serves both checkpoint formats the project meets: GGUF as shipped
-//! by llama.cpp (quantized, Q/K rows permuted for interleaved rotary
-//! embeddings) and Hugging Face safetensors (`config.json` plus one or many
-//! shards, f32/f16/bf16, half-split rotary embeddings). The architecture is
-//! Llama 2/3 (Touvron et al., arXiv 2302.13971): pre-norm blocks of
-//! grouped-query attention and a SwiGLU MLP.
+//! All four are the Llama 2/3 block (Touvron et al., arXiv 2302.13971):
+//! pre-norm grouped-query attention with rotary embeddings and a SwiGLU MLP.
+//! They differ only in details this one type switches on ([`Architecture`]):
+//! Qwen2 adds biases to the Q/K/V projections; Qwen3 drops them and
+//! RMS-normalises every query and key head before the rotation; Mistral may
+//! restrict attention to a sliding window. One type serves both checkpoint
+//! formats the project meets: GGUF as shipped by llama.cpp (quantized; for
+//! `llama` the Q/K rows are permuted for interleaved rotary embeddings, for
+//! `qwen2`/`qwen3` they are not) and Hugging Face safetensors (`config.json`
+//! plus one or many shards, f32/f16/bf16, half-split rotary embeddings).
 //!
 //! Unlike candle's `quantized_llama`, the cache lives outside the weights (as
 //! in candle's `llama.rs`), so one model serves many independent sequences:
-//! [`Llama::forward_segments`] runs several *segments* (groups of rows that
+//! [`CausalLm::forward_segments`] runs several *segments* (groups of rows that
 //! share a cache) in one pass. The linear layers see every row of every
 //! segment at once; only attention is done per segment, against that
 //! segment's own cache and positions.
@@ -32,9 +37,63 @@ pub enum RopeStyle {
     HalfSplit,
 }
 
+/// The model families this loader runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama 2/3, SmolLM and other Llama-layout models (GGUF `llama`).
+    Llama,
+    /// Mistral: the Llama layout with an optional sliding attention window.
+    /// llama.cpp writes Mistral GGUF files as `llama`.
+    Mistral,
+    /// Qwen2 and Qwen2.5: biases on the Q/K/V projections.
+    Qwen2,
+    /// Qwen3: per-head RMSNorm of queries and keys, no Q/K/V biases.
+    Qwen3,
+}
+
+impl Architecture {
+    /// Every supported architecture, as named in `config.json` `model_type`
+    /// and GGUF `general.architecture`.
+    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3";
+
+    /// The name `config.json` `model_type` and GGUF use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+
+    /// Resolves a `model_type` or GGUF architecture name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Self::Llama),
+            "mistral" => Some(Self::Mistral),
+            "qwen2" => Some(Self::Qwen2),
+            "qwen3" => Some(Self::Qwen3),
+            _ => None,
+        }
+    }
+
+    /// Resolves a transformers class name such as `Qwen2ForCausalLM` or
+    /// `LlamaForSequenceClassification` by its family prefix.
+    fn from_class(class: &str) -> Option<Self> {
+        let family = class.split("For").next().unwrap_or(class).to_ascii_lowercase();
+        Self::from_name(&family)
+    }
+
+    fn unsupported(name: &str, source: &str) -> ModelError {
+        ModelError::Unsupported(format!("architecture {name:?} ({source}); supported: {}", Self::SUPPORTED))
+    }
+}
+
 /// The resolved architecture of a checkpoint.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
+pub struct CausalLmConfig {
+    /// The model family.
+    pub architecture: Architecture,
     /// Number of token ids.
     pub vocab_size: usize,
     /// Width of the residual stream (= latent size).
@@ -59,6 +118,9 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     /// Whether the LM head reuses the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Mistral's sliding window: a query at position `i` sees the keys at
+    /// positions `j` with `i - window < j <= i` (as transformers masks it).
+    pub sliding_window: Option<usize>,
 }
 
 /// Weight format kept in memory, chosen at load.
@@ -119,9 +181,12 @@ pub struct ForwardOutput {
     pub hidden: Tensor,
 }
 
-/// A linear map `y = x W^T` over quantized or dense weights.
+/// A linear map `y = x W^T (+ b)` over quantized or dense weights.
 #[derive(Debug, Clone)]
-struct Linear(QMatMul);
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
 
 /// `w` quantized to Q8_0 on its own device. On CUDA, candle 0.11's
 /// `QTensor::quantize` leaves the row padding that its matmul kernels read
@@ -151,7 +216,7 @@ impl Linear {
                 QMatMul::Tensor(q.dequantize(device)?.to_dtype(act)?)
             }
         };
-        Ok(Self(inner))
+        Ok(Self { weight: inner, bias: None })
     }
 
     fn from_dense(w: Tensor, dtype: WeightDtype, act: DType) -> Result<Self> {
@@ -159,18 +224,30 @@ impl Linear {
             WeightDtype::Q8_0 => QMatMul::QTensor(std::sync::Arc::new(quantize_q8_0(&w)?)),
             _ => QMatMul::Tensor(w.to_dtype(act)?),
         };
-        Ok(Self(inner))
+        Ok(Self { weight: inner, bias: None })
+    }
+
+    fn with_bias(mut self, bias: Option<Tensor>, act: DType) -> Result<Self> {
+        self.bias = bias.map(|b| b.to_dtype(act)).transpose()?;
+        Ok(self)
     }
 
     /// `x`: `(n, in)` → `(n, out)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.0.forward(x)?)
+        let y = self.weight.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 }
 
 #[derive(Debug, Clone)]
 struct Block {
     attn_norm: Tensor,
+    /// Qwen3's per-head RMSNorm weights of queries and keys (`head_dim`).
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     wq: Linear,
     wk: Linear,
     wv: Linear,
@@ -181,15 +258,15 @@ struct Block {
     w_down: Linear,
 }
 
-/// A loaded Llama-family model. Immutable: every sequence's state lives in a
+/// A loaded causal LM of any supported family. Immutable: every sequence's state lives in a
 /// [`KvCache`] owned by the caller.
 #[derive(Debug, Clone)]
-pub struct Llama {
-    cfg: LlamaConfig,
+pub struct CausalLm {
+    cfg: CausalLmConfig,
     embed: Tensor,
     layers: Vec<Block>,
     norm: Tensor,
-    /// `None` for a trunk loaded to score (see [`Llama::trunk_from_safetensors_dir`]):
+    /// `None` for a trunk loaded to score (see [`CausalLm::trunk_from_safetensors_dir`]):
     /// a score head reads hidden states and must not pay for logits.
     lm_head: Option<Linear>,
     cos: Tensor,
@@ -213,7 +290,7 @@ fn activation_dtype(dtype: WeightDtype, native_dense: DType, device: &Device) ->
     }
 }
 
-fn rope_tables(cfg: &LlamaConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+fn rope_tables(cfg: &CausalLmConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
     let inv: Vec<f32> = (0..half)
         .map(|i| 1f32 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32))
@@ -231,49 +308,69 @@ fn md<'a>(meta: &'a GgufMetadata, key: &str) -> Result<&'a gguf_file::Value> {
         .ok_or_else(|| ModelError::Format(format!("GGUF metadata has no key {key:?}")))
 }
 
-impl Llama {
-    /// Loads a GGUF checkpoint (architecture `llama`). Returns the model and
-    /// the file's metadata (tokenizer, chat template, special ids).
+impl CausalLm {
+    /// Loads a GGUF checkpoint (`general.architecture` `llama`, `qwen2` or
+    /// `qwen3`). Returns the model and the file's metadata (tokenizer, chat
+    /// template, special ids). Errors name the file.
     pub fn from_gguf(path: &Path, dtype: WeightDtype, device: &Device) -> Result<(Self, GgufMetadata)> {
+        Self::load_gguf(path, dtype, device).map_err(|e| match e {
+            ModelError::Format(m) => ModelError::Format(format!("{}: {m}", path.display())),
+            ModelError::Unsupported(m) => ModelError::Unsupported(format!("{}: {m}", path.display())),
+            ModelError::Candle(c) => ModelError::Format(format!("{}: {c}", path.display())),
+            other => other,
+        })
+    }
+
+    fn load_gguf(path: &Path, dtype: WeightDtype, device: &Device) -> Result<(Self, GgufMetadata)> {
         let mut file = std::fs::File::open(path)
             .map_err(|e| ModelError::Io(format!("{}: {e}", path.display())))?;
         let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| ModelError::Format(format!("{}: not a GGUF file: {e}", path.display())))?;
+            .map_err(|e| ModelError::Format(format!("not a GGUF file: {e}")))?;
         let meta = content.metadata.clone();
-        let arch = md(&meta, "general.architecture")?.to_string()?.clone();
-        if arch != "llama" {
-            return Err(ModelError::Unsupported(format!(
-                "GGUF architecture {arch:?}; this loader handles \"llama\""
-            )));
-        }
-        let get_u = |k: &str| -> Result<usize> { Ok(md(&meta, k)?.to_u32()? as usize) };
-        let num_heads = get_u("llama.attention.head_count")?;
-        let hidden_size = get_u("llama.embedding_length")?;
-        let head_dim = match meta.get("llama.rope.dimension_count") {
-            Some(v) => v.to_u32()? as usize,
-            None => hidden_size / num_heads,
+        let arch_name = md(&meta, "general.architecture")?.to_string()?.clone();
+        let architecture = Architecture::from_name(&arch_name)
+            .filter(|a| *a != Architecture::Mistral)
+            .ok_or_else(|| Architecture::unsupported(&arch_name, "GGUF general.architecture"))?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let get_u = |k: &str| -> Result<usize> { Ok(md(&meta, &key(k))?.to_u32()? as usize) };
+        let opt_u = |k: &str| -> Result<Option<usize>> {
+            meta.get(&key(k)).map(|v| Ok(v.to_u32()? as usize)).transpose()
         };
-        if head_dim * num_heads != hidden_size {
-            return Err(ModelError::Unsupported(format!(
-                "rotary dimension {head_dim} x {num_heads} heads != embedding length {hidden_size}"
-            )));
-        }
+        let num_heads = get_u("attention.head_count")?;
+        let hidden_size = get_u("embedding_length")?;
+        // Qwen3 heads are wider than hidden / heads: `key_length` says so.
+        let head_dim = match opt_u("attention.key_length")? {
+            Some(d) => d,
+            None => opt_u("rope.dimension_count")?.unwrap_or(hidden_size / num_heads),
+        };
+        let tensor_info = |name: &str| -> Result<()> {
+            if content.tensor_infos.contains_key(name) {
+                Ok(())
+            } else {
+                Err(ModelError::Format(format!("missing tensor {name:?}")))
+            }
+        };
+        tensor_info("token_embd.weight")?;
         let embd_q = content.tensor(&mut file, "token_embd.weight", device)?;
         let vocab_size = embd_q.shape().dims()[0];
         let has_output = content.tensor_infos.contains_key("output.weight");
-        let cfg = LlamaConfig {
+        let cfg = CausalLmConfig {
+            architecture,
             vocab_size,
             hidden_size,
-            intermediate_size: get_u("llama.feed_forward_length")?,
-            num_layers: get_u("llama.block_count")?,
+            intermediate_size: get_u("feed_forward_length")?,
+            num_layers: get_u("block_count")?,
             num_heads,
-            num_kv_heads: get_u("llama.attention.head_count_kv").unwrap_or(num_heads),
+            num_kv_heads: opt_u("attention.head_count_kv")?.unwrap_or(num_heads),
             head_dim,
-            rope_theta: meta.get("llama.rope.freq_base").map(|v| v.to_f32()).transpose()?.unwrap_or(10_000.),
-            rope_style: RopeStyle::Interleaved,
-            rms_norm_eps: md(&meta, "llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
-            max_position_embeddings: get_u("llama.context_length")?,
+            rope_theta: meta.get(&key("rope.freq_base")).map(|v| v.to_f32()).transpose()?.unwrap_or(10_000.),
+            // llama.cpp permutes Q/K of `llama` for its interleaved rotation; the
+            // Qwen families use the half-split (NeoX) rotation unpermuted.
+            rope_style: if architecture == Architecture::Llama { RopeStyle::Interleaved } else { RopeStyle::HalfSplit },
+            rms_norm_eps: md(&meta, &key("attention.layer_norm_rms_epsilon"))?.to_f32()? as f64,
+            max_position_embeddings: get_u("context_length")?,
             tie_word_embeddings: !has_output,
+            sliding_window: opt_u("attention.sliding_window")?,
         };
         let act = activation_dtype(dtype, DType::F32, device);
         let embed = embd_q.dequantize(device)?.to_dtype(act)?;
@@ -282,29 +379,52 @@ impl Llama {
         } else {
             match dtype {
                 // Dense modes share the embedding matrix instead of a second copy.
-                WeightDtype::F32 | WeightDtype::F16 | WeightDtype::BF16 => Linear(QMatMul::Tensor(embed.clone())),
+                WeightDtype::F32 | WeightDtype::F16 | WeightDtype::BF16 => {
+                    Linear { weight: QMatMul::Tensor(embed.clone()), bias: None }
+                }
                 _ => Linear::from_qtensor(embd_q, dtype, act, device)?,
             }
         };
-        let mut tensor = |name: String| content.tensor(&mut file, &name, device);
+        let infos: std::collections::HashSet<String> = content.tensor_infos.keys().cloned().collect();
+        let mut tensor = |name: String| -> Result<QTensor> {
+            if !infos.contains(&name) {
+                return Err(ModelError::Format(format!("missing tensor {name:?}")));
+            }
+            Ok(content.tensor(&mut file, &name, device)?)
+        };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("blk.{i}");
+            let mut dense = |n: &str, required: bool| -> Result<Option<Tensor>> {
+                let name = format!("{p}.{n}");
+                if !required && !infos.contains(&name) {
+                    return Ok(None);
+                }
+                Ok(Some(tensor(name)?.dequantize(device)?.to_dtype(act)?))
+            };
+            let attn_norm = dense("attn_norm.weight", true)?.expect("required");
+            let ffn_norm = dense("ffn_norm.weight", true)?.expect("required");
+            let (bq, bk, bv, bo) =
+                (dense("attn_q.bias", false)?, dense("attn_k.bias", false)?, dense("attn_v.bias", false)?, dense("attn_output.bias", false)?);
+            let (q_norm, k_norm) = if architecture == Architecture::Qwen3 {
+                (dense("attn_q_norm.weight", true)?, dense("attn_k_norm.weight", true)?)
+            } else {
+                (None, None)
+            };
             let mut lin = |n: &str| -> Result<Linear> {
                 Linear::from_qtensor(tensor(format!("{p}.{n}.weight"))?, dtype, act, device)
             };
             let (wq, wk, wv, wo) = (lin("attn_q")?, lin("attn_k")?, lin("attn_v")?, lin("attn_output")?);
             let (w_gate, w_up, w_down) = (lin("ffn_gate")?, lin("ffn_up")?, lin("ffn_down")?);
-            let mut norm = |n: &str| -> Result<Tensor> {
-                Ok(tensor(format!("{p}.{n}.weight"))?.dequantize(device)?.to_dtype(act)?)
-            };
             layers.push(Block {
-                attn_norm: norm("attn_norm")?,
-                ffn_norm: norm("ffn_norm")?,
-                wq,
-                wk,
-                wv,
-                wo,
+                attn_norm,
+                ffn_norm,
+                q_norm,
+                k_norm,
+                wq: wq.with_bias(bq, act)?,
+                wk: wk.with_bias(bk, act)?,
+                wv: wv.with_bias(bv, act)?,
+                wo: wo.with_bias(bo, act)?,
                 w_gate,
                 w_up,
                 w_down,
@@ -345,8 +465,12 @@ impl Llama {
         let cfg_text = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| ModelError::Io(format!("{}: {e}", dir.join("config.json").display())))?;
         let hf: serde_json::Value = serde_json::from_str(&cfg_text)
-            .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
-        let cfg = config_from_hf(&hf)?;
+            .map_err(|e| ModelError::Format(format!("{}: {e}", dir.join("config.json").display())))?;
+        let cfg = config_from_hf(&hf).map_err(|e| match e {
+            ModelError::Format(m) => ModelError::Format(format!("{}: {m}", dir.join("config.json").display())),
+            ModelError::Unsupported(m) => ModelError::Unsupported(format!("{}: {m}", dir.join("config.json").display())),
+            other => other,
+        })?;
         let files = safetensors_files(dir)?;
         let mut weights: HashMap<String, Tensor> = HashMap::new();
         for f in &files {
@@ -366,21 +490,44 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
+            let mut bias = |n: &str| weights.remove(&format!("{p}.{n}.bias"));
+            let (bq, bk, bv, bo) =
+                (bias("self_attn.q_proj"), bias("self_attn.k_proj"), bias("self_attn.v_proj"), bias("self_attn.o_proj"));
+            let mut take = |name: &str| -> Result<Tensor> {
+                weights
+                    .remove(name)
+                    .ok_or_else(|| ModelError::Format(format!("missing tensor {name:?} in {}", dir.display())))
+            };
+            let (q_norm, k_norm) = if cfg.architecture == Architecture::Qwen3 {
+                (
+                    Some(take(&format!("{p}.self_attn.q_norm.weight"))?.to_dtype(act)?),
+                    Some(take(&format!("{p}.self_attn.k_norm.weight"))?.to_dtype(act)?),
+                )
+            } else {
+                (None, None)
+            };
             let mut lin = |n: &str| -> Result<Linear> { Linear::from_dense(take(&format!("{p}.{n}.weight"))?, dtype, act) };
             let (wq, wk, wv, wo) = (lin("self_attn.q_proj")?, lin("self_attn.k_proj")?, lin("self_attn.v_proj")?, lin("self_attn.o_proj")?);
             let (w_gate, w_up, w_down) = (lin("mlp.gate_proj")?, lin("mlp.up_proj")?, lin("mlp.down_proj")?);
             layers.push(Block {
                 attn_norm: take(&format!("{p}.input_layernorm.weight"))?.to_dtype(act)?,
                 ffn_norm: take(&format!("{p}.post_attention_layernorm.weight"))?.to_dtype(act)?,
-                wq,
-                wk,
-                wv,
-                wo,
+                q_norm,
+                k_norm,
+                wq: wq.with_bias(bq, act)?,
+                wk: wk.with_bias(bk, act)?,
+                wv: wv.with_bias(bv, act)?,
+                wo: wo.with_bias(bo, act)?,
                 w_gate,
                 w_up,
                 w_down,
             });
         }
+        let mut take = |name: &str| -> Result<Tensor> {
+            weights
+                .remove(name)
+                .ok_or_else(|| ModelError::Format(format!("missing tensor {name:?} in {}", dir.display())))
+        };
         let norm = take("model.norm.weight")?.to_dtype(act)?;
         let lm_head = match weights.remove("lm_head.weight") {
             _ if !with_lm_head => None,
@@ -402,7 +549,7 @@ impl Llama {
     }
 
     /// The resolved architecture.
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &CausalLmConfig {
         &self.cfg
     }
 
@@ -440,7 +587,7 @@ impl Llama {
     /// Runs several segments in one pass. The output rows follow the
     /// segments' order (and within a segment, its rows; with
     /// [`Positions::All`], every position of each row). Fails on a trunk
-    /// loaded without its LM head (use [`Llama::hidden_segments`]).
+    /// loaded without its LM head (use [`CausalLm::hidden_segments`]).
     pub fn forward_segments(&self, segments: &mut [Segment<'_>], positions: Positions) -> Result<ForwardOutput> {
         // Checked before any cache is extended, so a failed call changes nothing.
         let lm_head = self
@@ -453,7 +600,7 @@ impl Llama {
     }
 
     /// The LM head alone: `(rows, hidden)` f32 post-norm hidden states (such
-    /// as the latents [`Llama::forward_segments`] returns, possibly edited) to
+    /// as the latents [`CausalLm::forward_segments`] returns, possibly edited) to
     /// `(rows, vocab)` f32 logits. It is the last step of a forward pass, done
     /// the same way: for one row, the logits of a one-row pass's own hidden
     /// state come back bit for bit. Matmuls of one row and of several round
@@ -472,7 +619,7 @@ impl Llama {
         Ok(lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 
-    /// Like [`Llama::forward_segments`] but stops at the final norm: the
+    /// Like [`CausalLm::forward_segments`] but stops at the final norm: the
     /// `(positions, hidden)` f32 hidden states, without computing logits
     /// (what a score head reads).
     pub fn hidden_segments(&self, segments: &mut [Segment<'_>], positions: Positions) -> Result<Tensor> {
@@ -522,8 +669,12 @@ impl Llama {
         let eps = self.cfg.rms_norm_eps as f32;
         for (l, block) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
-            let q = block.wq.forward(&h)?;
-            let k = block.wk.forward(&h)?;
+            let mut q = block.wq.forward(&h)?;
+            let mut k = block.wk.forward(&h)?;
+            if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
+                q = self.head_norm(&q, qn)?;
+                k = self.head_norm(&k, kn)?;
+            }
             let v = block.wv.forward(&h)?;
             let mut outs = Vec::with_capacity(segments.len());
             let mut off = 0;
@@ -570,6 +721,14 @@ impl Llama {
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
 
+    /// Qwen3's RMSNorm of every head: `x` is `(n, heads * head_dim)`.
+    fn head_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let (n, width) = x.dims2()?;
+        let hd = self.cfg.head_dim;
+        let y = candle_nn::ops::rms_norm(&x.reshape((n, width / hd, hd))?, weight, self.cfg.rms_norm_eps as f32)?;
+        Ok(y.reshape((n, width))?)
+    }
+
     /// Attention of one segment: `q`, `k`, `v` are `(rows * t, heads * head_dim)`.
     #[allow(clippy::too_many_arguments)]
     fn attention(
@@ -600,12 +759,20 @@ impl Llama {
             ),
         };
         let (k, v) = cache.append(layer, k, v)?; // (rows, nkv, L, hd)
+        let window = self.cfg.sliding_window;
         let scale = 1.0 / (hd as f64).sqrt();
         let group = nh / nkv;
         let y = if t == 1 {
             // Decoding: the `group` query heads that share a KV head are
             // stacked along that head's query axis, so K/V are never copied
-            // per query head.
+            // per query head. A sliding window keeps the last `w` keys.
+            let (k, v) = match window {
+                Some(w) if k.dim(2)? > w => {
+                    let len = k.dim(2)?;
+                    (k.narrow(2, len - w, w)?, v.narrow(2, len - w, w)?)
+                }
+                _ => (k, v),
+            };
             let q = q.reshape((rows, nkv, group, hd))?;
             let att = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?; // (rows, nkv, group, L)
             att.matmul(&v)?.reshape((rows, nh, 1, hd))?
@@ -618,7 +785,7 @@ impl Llama {
             let k = candle_transformers::utils::repeat_kv(k, group)?.contiguous()?;
             let v = candle_transformers::utils::repeat_kv(v, group)?.contiguous()?;
             let att = (q.matmul(&k.t()?)? * scale)?; // (rows, nh, t, L)
-            let mask = causal_mask(t, start, self.act_dtype, &self.device)?; // (t, L)
+            let mask = causal_mask(t, start, window, self.act_dtype, &self.device)?; // (t, L)
             let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(&mask)?)?;
             att.matmul(&v)?
         };
@@ -629,7 +796,7 @@ impl Llama {
 
 impl Block {
     fn wq_dtype_name(&self) -> String {
-        match &self.wq.0 {
+        match &self.wq.weight {
             QMatMul::QTensor(q) => format!("{:?}", q.dtype()),
             QMatMul::Tensor(t) | QMatMul::TensorF16(t) => format!("{:?}", t.dtype()),
         }
@@ -647,32 +814,56 @@ fn dtype_name(d: WeightDtype) -> &'static str {
 }
 
 /// Additive causal mask `(t, start + t)`: 0 where query `i` (at position
-/// `start + i`) may attend, -inf after it.
-fn causal_mask(t: usize, start: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+/// `start + i`) may attend, -inf after it and, with a sliding window `w`, at
+/// or before `start + i - w`.
+fn causal_mask(t: usize, start: usize, window: Option<usize>, dtype: DType, device: &Device) -> Result<Tensor> {
     let kv = start + t;
+    let w = window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..kv).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0. }))
+        .flat_map(|i| {
+            (0..kv).map(move |j| if j > start + i || start + i - j >= w { f32::NEG_INFINITY } else { 0. })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (t, kv), device)?.to_dtype(dtype)?)
 }
 
-/// Resolves a Hugging Face `config.json` (Llama family) into [`LlamaConfig`].
-pub fn config_from_hf(hf: &serde_json::Value) -> Result<LlamaConfig> {
+/// Resolves a Hugging Face `config.json` into [`CausalLmConfig`]. The
+/// family comes from `model_type`, else from the class in `architectures`.
+pub fn config_from_hf(hf: &serde_json::Value) -> Result<CausalLmConfig> {
     let get = |k: &str| hf.get(k).filter(|v| !v.is_null());
     let req_u = |k: &str| -> Result<usize> {
         get(k)
             .and_then(|v| v.as_u64())
             .map(|v| v as usize)
-            .ok_or_else(|| ModelError::Format(format!("config.json: missing or non-integer {k:?}")))
+            .ok_or_else(|| ModelError::Format(format!("missing or non-integer {k:?}")))
     };
-    if let Some(mt) = get("model_type").and_then(|v| v.as_str()) {
-        if mt != "llama" {
-            return Err(ModelError::Unsupported(format!("config.json model_type {mt:?}; this loader handles \"llama\"")));
+    let architecture = match get("model_type").and_then(|v| v.as_str()) {
+        Some(mt) => Architecture::from_name(mt).ok_or_else(|| Architecture::unsupported(mt, "model_type"))?,
+        None => {
+            let class = get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| ModelError::Format("neither \"model_type\" nor \"architectures\"".into()))?;
+            Architecture::from_class(class).ok_or_else(|| Architecture::unsupported(class, "architectures"))?
         }
+    };
+    // Attention biases load when the weights have them (Qwen2 always does);
+    // MLP biases have no slot in the block.
+    if get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(ModelError::Unsupported("mlp_bias = true".into()));
     }
-    if get("attention_bias").and_then(|v| v.as_bool()) == Some(true) || get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
-        return Err(ModelError::Unsupported("attention_bias/mlp_bias = true".into()));
+    // Qwen2's windows apply to some layers only (`max_window_layers`); its
+    // released checkpoints all ship with them off.
+    if architecture != Architecture::Mistral && get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(ModelError::Unsupported(format!(
+            "use_sliding_window = true for {} (per-layer sliding windows)",
+            architecture.name()
+        )));
     }
+    let sliding_window = match architecture {
+        Architecture::Mistral => get("sliding_window").and_then(|v| v.as_u64()).map(|v| v as usize),
+        _ => None,
+    };
     // transformers >= 5 stores rotary settings under `rope_parameters`;
     // older files put `rope_theta` and `rope_scaling` at the top level.
     let rope = get("rope_parameters");
@@ -692,7 +883,8 @@ pub fn config_from_hf(hf: &serde_json::Value) -> Result<LlamaConfig> {
     let hidden_size = req_u("hidden_size")?;
     let num_heads = req_u("num_attention_heads")?;
     let head_dim = get("head_dim").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(hidden_size / num_heads);
-    Ok(LlamaConfig {
+    Ok(CausalLmConfig {
+        architecture,
         vocab_size: req_u("vocab_size")?,
         hidden_size,
         intermediate_size: req_u("intermediate_size")?,
@@ -705,6 +897,7 @@ pub fn config_from_hf(hf: &serde_json::Value) -> Result<LlamaConfig> {
         rms_norm_eps: get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6),
         max_position_embeddings: req_u("max_position_embeddings")?,
         tie_word_embeddings: get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+        sliding_window,
     })
 }
 
@@ -740,7 +933,7 @@ mod tests {
     #[test]
     fn mask_blocks_future_positions() -> Result<()> {
         // t = 2 new queries after 1 cached position: rows see [0,1] and [0,1,2].
-        let m = causal_mask(2, 1, DType::F32, &Device::Cpu)?.to_vec2::<f32>()?;
+        let m = causal_mask(2, 1, None, DType::F32, &Device::Cpu)?.to_vec2::<f32>()?;
         assert_eq!(m[0][..2], [0., 0.]);
         assert!(m[0][2].is_infinite());
         assert_eq!(m[1], [0., 0., 0.]);
