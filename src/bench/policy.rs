@@ -99,7 +99,7 @@ fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize) -> anyh
 
 pub fn run(args: PolicyBench) -> anyhow::Result<()> {
     let path = match &args.model {
-        Some(p) => p.clone(),
+        Some(p) => ig_assets::resolve_model(p)?,
         None => ig_assets::smollm2_gguf()?,
     };
     let runs = args.runs.max(1);

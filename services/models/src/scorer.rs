@@ -90,6 +90,7 @@ use tokenizers::Tokenizer;
 
 use crate::encoder::{keep_mask, Encoded, SentenceEncoder};
 use crate::cross_head::{encode_pair, PairComply};
+use crate::guard_lm::{GuardLm, GuardOptions};
 use crate::kv_cache::KvCache;
 use crate::causal_lm::{CausalLm, Positions, Segment as LmSegment, WeightDtype};
 use crate::policy::device_name;
@@ -165,6 +166,8 @@ pub struct ScorerOptions {
     pub dtype: WeightDtype,
     /// Where to run.
     pub device: Device,
+    /// A guard LM's `(unsafe, safe)` answer labels (default: its template's).
+    pub guard_labels: Option<(String, String)>,
 }
 
 impl ScorerOptions {
@@ -179,6 +182,7 @@ impl ScorerOptions {
             max_tokens: None,
             dtype: WeightDtype::Native,
             device: Device::Cpu,
+            guard_labels: None,
         }
     }
 }
@@ -194,6 +198,8 @@ pub enum ScoreFormat {
     LlamaForSequenceClassification,
     /// PKU-Alignment safe-rlhf `LlamaForScore`.
     LlamaForScore,
+    /// A causal LM read as a generative safety classifier ([`crate::guard_lm`]).
+    GuardLm,
 }
 
 impl ScoreFormat {
@@ -204,11 +210,15 @@ impl ScoreFormat {
             Self::BertForSequenceClassification => "BertForSequenceClassification",
             Self::LlamaForSequenceClassification => "LlamaForSequenceClassification",
             Self::LlamaForScore => "LlamaForScore",
+            Self::GuardLm => "guard_lm",
         }
     }
 
     /// Recognises the format of a head file or checkpoint directory.
     pub fn detect(path: &Path) -> Result<Self> {
+        if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return Ok(Self::GuardLm);
+        }
         if path.is_file() {
             let is_st = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
             let meta = if is_st { read_header_metadata(path)? } else { None };
@@ -240,6 +250,8 @@ impl ScoreFormat {
                 "LlamaForSequenceClassification" => return Ok(Self::LlamaForSequenceClassification),
                 // Older safe-rlhf code named the class LlamaModelForScore.
                 "LlamaForScore" | "LlamaModelForScore" => return Ok(Self::LlamaForScore),
+                // A causal LM of a supported family with its LM head: a guard LM.
+                a if a.ends_with("ForCausalLM") => return Ok(Self::GuardLm),
                 _ => {}
             }
         }
@@ -540,6 +552,7 @@ enum Kind {
         end: EndRule,
         template: TextTemplate,
     },
+    Guard(Box<GuardLm>),
 }
 
 /// A loaded score model.
@@ -630,13 +643,18 @@ impl ScoreModel {
     /// Loads a score model in any of the formats of the module doc.
     pub fn load(opts: &ScorerOptions) -> Result<Self> {
         let format = ScoreFormat::detect(&opts.model)?;
-        let template = opts.template.as_deref().map(TextTemplate::parse).transpose()?;
+        // A guard LM's template is Jinja (its own module reads it).
+        let template = match format {
+            ScoreFormat::GuardLm => None,
+            _ => opts.template.as_deref().map(TextTemplate::parse).transpose()?,
+        };
         let mut model = match format {
             ScoreFormat::HeadFile => Self::load_head(opts, template)?,
             ScoreFormat::BertForSequenceClassification => Self::load_bert(opts, template)?,
             ScoreFormat::LlamaForSequenceClassification | ScoreFormat::LlamaForScore => {
                 Self::load_causal(opts, format, template)?
             }
+            ScoreFormat::GuardLm => Self::load_guard(opts)?,
         };
         if let Some(cap) = opts.max_tokens {
             if cap == 0 {
@@ -644,7 +662,27 @@ impl ScoreModel {
             }
             model.limit = model.limit.min(cap);
         }
+        if let Kind::Guard(guard) = &mut model.kind {
+            guard.limit = model.limit;
+        }
         Ok(model)
+    }
+
+    fn load_guard(opts: &ScorerOptions) -> Result<Self> {
+        if opts.role == Some(ScoreRole::Reward) {
+            return Err(ModelError::Unsupported(format!(
+                "{}: a guard LM is a cost model; it cannot serve the reward role",
+                opts.model.display()
+            )));
+        }
+        let guard_opts = GuardOptions {
+            template: opts.template.clone().unwrap_or_else(|| GuardOptions::default().template),
+            labels: opts.guard_labels.clone(),
+        };
+        let guard = GuardLm::load(&opts.model, &guard_opts, opts.dtype, &opts.device)?;
+        let info = guard.info(&opts.model, device_name(&opts.device));
+        let limit = guard.limit;
+        Ok(Self { kind: Kind::Guard(Box::new(guard)), format: ScoreFormat::GuardLm, info, limit })
     }
 
     fn resolve_role(opts: &ScorerOptions, from_file: Option<ScoreRole>, what: &str) -> Result<ScoreRole> {
@@ -1251,6 +1289,7 @@ impl ScorerBackend for ScoreModel {
             Kind::Head { .. } => self.score_head(inputs, control)?,
             Kind::Bert { .. } => self.score_bert(inputs, control)?,
             Kind::Causal { .. } => self.score_causal(inputs, control)?,
+            Kind::Guard(ref guard) => guard.score(inputs, control)?,
         };
         for (i, o) in out.iter().enumerate() {
             if !o.score.is_finite() || o.token_scores.iter().any(|(s, _)| !s.is_finite()) {

@@ -90,7 +90,7 @@ impl TinySpec {
     }
 
     fn max_positions(&self) -> usize {
-        512
+        4096
     }
 }
 
@@ -107,18 +107,20 @@ pub struct TinyCheckpoint {
 
 fn byte_symbols() -> Vec<String> {
     // GPT-2's byte-to-unicode map: printable bytes stand for themselves, the
-    // rest are shifted past 255, so every byte is one visible symbol.
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-    let mut symbols: HashMap<u32, char> = printable.iter().map(|&b| (b, char::from_u32(b).expect("printable"))).collect();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !symbols.contains_key(&b) {
-            symbols.insert(b, char::from_u32(256 + n).expect("valid"));
-            printable.push(b);
-            n += 1;
-        }
-    }
-    (0..256u32).map(|b| symbols[&b].to_string()).collect()
+    // rest are shifted past 255 in byte order, so every byte is one visible symbol.
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let mut shifted = 0;
+    (0..256u32)
+        .map(|b| {
+            let c = if printable(b) {
+                b
+            } else {
+                shifted += 1;
+                255 + shifted
+            };
+            char::from_u32(c).expect("valid scalar").to_string()
+        })
+        .collect()
 }
 
 /// The tiny vocabulary, by id (byte symbols, then [`TINY_EXTRA_TOKENS`], then padding).

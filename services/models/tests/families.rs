@@ -282,3 +282,34 @@ fn unsupported_architectures_and_broken_files_fail_with_one_line_naming_them() {
         assert!(!e.contains('\n'), "{e}");
     }
 }
+
+#[test]
+fn qwen25_coder_answers_paris_greedily_when_the_asset_is_cached() {
+    // The 1.1 GB opt-in asset is not fetched by tests: `inferenceguard assets fetch qwen2.5-coder-1.5b`.
+    let Ok(cache) = ig_assets::AssetCache::from_env() else { return };
+    let Some(status) = cache.list().into_iter().find(|s| s.id == ig_assets::QWEN25_CODER_1_5B) else { return };
+    if status.state != ig_assets::AssetState::Cached {
+        eprintln!("skipped: {} is not in the asset cache", ig_assets::QWEN25_CODER_1_5B);
+        return;
+    }
+    let path = cache.joined_file(ig_assets::QWEN25_CODER_1_5B).unwrap();
+    let (model, codec) = ig_models::policy::load_with_tokenizer(&path, WeightDtype::Q8_0, &Device::Cpu).unwrap();
+    assert_eq!(model.config().architecture, Architecture::Qwen2);
+    let chat = [ig_core::policy::ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
+    let prompt = codec.render_chat(&chat, true).unwrap();
+    let mut ids = codec.tokenize(&prompt, false).unwrap();
+    let start = ids.len();
+    let mut cache_kv = model.new_cache();
+    let mut feed = ids.clone();
+    for _ in 0..16 {
+        let logits = flat(&model.forward(&feed, 1, &mut cache_kv, Positions::Last).unwrap().logits);
+        let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        if codec.eos_ids().contains(&next) {
+            break;
+        }
+        ids.push(next);
+        feed = vec![next];
+    }
+    let answer = codec.detokenize(&ids[start..], true).unwrap();
+    assert!(answer.contains("Paris"), "{answer:?}");
+}

@@ -26,8 +26,10 @@ pub use service::{PolicyServer, SERVICE_NAME};
 /// Flags of the policy server. Every flag also reads an `IG_*` variable.
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
-    /// A `.gguf` file or a Hugging Face checkpoint directory. Default: the
-    /// demo model SmolLM2-135M-Instruct from the asset cache (fetched if missing).
+    /// A `.gguf` file, a Hugging Face checkpoint directory (Llama, Mistral,
+    /// Qwen2/2.5, Qwen3), or a model asset id: `qwen2.5-coder-1.5b` (opt-in,
+    /// 1.1 GB, fetched if missing). Default: the demo model
+    /// SmolLM2-135M-Instruct from the asset cache (fetched if missing).
     #[arg(long, env = "IG_MODEL")]
     pub model: Option<PathBuf>,
     /// Weight format in memory: native (as stored), q8_0, f32, f16, bf16.
@@ -116,10 +118,11 @@ impl PolicyArgs {
         }
     }
 
-    /// The model file: `--model`, or the demo model from the asset cache.
+    /// The model file: `--model` (a path, or a model asset id fetched into the cache),
+    /// or the demo model from the asset cache.
     pub fn model_path(&self) -> anyhow::Result<PathBuf> {
         match &self.model {
-            Some(p) => Ok(p.clone()),
+            Some(p) => Ok(ig_assets::resolve_model(p)?),
             None => Ok(ig_assets::smollm2_gguf()?),
         }
     }

@@ -41,9 +41,16 @@ pub struct ScorerArgs {
     #[arg(long, env = "IG_SCORE_ROLE")]
     pub role: Option<ScoreRole>,
     /// Input text template with `{prompt}` and `{response}` placeholders
-    /// (default: the format's own convention, see `ig_models::scorer`).
+    /// (default: the format's own convention, see `ig_models::scorer`). For a
+    /// guard LM (a `.gguf` file or a `*ForCausalLM` directory): a built-in
+    /// guard template (`llama-guard-3`, the default, or `qwen3guard`),
+    /// `checkpoint` (the model's own chat template) or a `.jinja` file.
     #[arg(long, env = "IG_TEMPLATE")]
     pub template: Option<String>,
+    /// A guard LM's answer labels, `UNSAFE,SAFE`, each one token of its
+    /// vocabulary (default: the built-in template's, e.g. `unsafe,safe`).
+    #[arg(long, env = "IG_GUARD_LABELS", value_parser = parse_guard_labels)]
+    pub guard_labels: Option<(String, String)>,
     /// Weight format in memory: native, q8_0, f32, f16, bf16.
     #[arg(long, env = "IG_DTYPE", default_value = "f32")]
     pub dtype: WeightDtype,
@@ -111,7 +118,15 @@ impl ScorerArgs {
             max_tokens: Some(self.max_tokens),
             dtype: self.dtype,
             device: parse_device(&self.device)?,
+            guard_labels: self.guard_labels.clone(),
         })
+    }
+}
+
+fn parse_guard_labels(s: &str) -> Result<(String, String), String> {
+    match s.split_once(',') {
+        Some((u, safe)) if !u.is_empty() && !safe.is_empty() => Ok((u.to_string(), safe.to_string())),
+        _ => Err(format!("expected UNSAFE,SAFE (two labels separated by a comma), got {s:?}")),
     }
 }
 
