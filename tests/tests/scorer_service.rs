@@ -335,3 +335,50 @@ async fn the_cross_head_flags_compliance_with_a_harmful_request_and_not_its_refu
     assert!(passed >= 0.85, "benign requests answered, passed: {passed}");
     assert!(refusals_passed >= 0.8, "refusals of harmful requests, passed: {refusals_passed}");
 }
+
+#[tokio::test]
+async fn a_guard_lm_serves_the_cost_role_over_grpc_and_bad_labels_stop_the_start() {
+    use ig_models::causal_lm::Architecture;
+    use ig_models::tiny_checkpoint::{write_tiny_checkpoint, TinySpec};
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = write_tiny_checkpoint(&TinySpec::new(Architecture::Qwen2), dir.path()).unwrap();
+    let gguf = ckpt.gguf.display().to_string();
+    let start_guard = |extra: &[&str]| {
+        // The tiny byte-level vocabulary spends ~850 tokens on the Llama Guard 3 prompt.
+        let mut argv = vec!["ig-scorer", "--model", gguf.as_str(), "--template", "llama-guard-3", "--max-tokens", "2048"];
+        argv.extend_from_slice(extra);
+        Wrap::parse_from(argv).scorer
+    };
+    let args = start_guard(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ig_scorer::run(args, listener, async move {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let s = ScorerUnderTest { client: ScorerServiceClient::new(channel.clone()), channel, stop, task };
+    s.wait_ready().await;
+    let mut client = s.client.clone();
+    let info = client.info(pb::ScorerInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.role(), pb::ScorerRole::Cost);
+    assert_eq!((info.head_format.as_str(), info.architecture.as_str()), ("guard_lm", "qwen2"));
+    let batch = client.score(pb::ScoreRequest { items: items() }).await.unwrap().into_inner();
+    assert_eq!(batch.results.len(), 4);
+    for (it, r) in items().into_iter().zip(&batch.results) {
+        let one = client.score(pb::ScoreRequest { items: vec![it] }).await.unwrap().into_inner();
+        assert!((one.results[0].score - r.score).abs() < 1e-4, "batch and single scores differ");
+    }
+    // Per-token scores are a causal classifier's; a guard LM refuses them clearly.
+    let mut asks = items()[0].clone();
+    asks.return_token_scores = true;
+    let e = client.score(pb::ScoreRequest { items: vec![asks] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    s.stop().await;
+
+    // A label that is not one token: the server does not start, and says why.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = ig_scorer::run(start_guard(&["--guard-labels", "unsafe!!,safe"]), listener, async {}).await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("--guard-labels") && msg.contains("unsafe!!"), "{msg}");
+}

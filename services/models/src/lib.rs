@@ -18,17 +18,15 @@
 //!   in the same file family.
 //! - [`cross_head`]: the cross-encoder cost head: `harm(prompt)` times a comply factor
 //!   that reads the pair through a fine-tuned top layer (the default demo cost model).
-//! - [`scorer`]: the [`ig_core::scorer::ScorerBackend`]: score models over
-//!   encoder or Llama trunks, in our head format and the public ones.
-//! - [`guard_lm`]: a generative guard model (Llama Guard 3, Qwen3Guard, ...) as a
-//!   cost model: `log P(unsafe) - log P(safe)` at the first answer token.
+//! - [`scorer`]: the [`ig_core::scorer::ScorerBackend`]: one module per
+//!   score-model format behind one trait (our head files, BERT and causal
+//!   classifiers, guard LMs such as Llama Guard 3 and Qwen3Guard).
 //! - [`critic`]: the critic MLP `V(h, z)` and its file format, with the
 //!   gradients RECONTROL ascends ([`ig_core::critic::CriticBackend`]).
 
 pub mod critic;
 pub mod cross_head;
 pub mod encoder;
-pub mod guard_lm;
 pub mod kv_cache;
 pub mod causal_lm;
 pub mod policy;

@@ -23,14 +23,15 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use ig_core::policy::{ChatMessage, TextCodec, WorkControl};
 use ig_core::scorer::{ScoreInput, ScoreOutput, ScoreRole, ScorerInfo};
 use ig_core::RoleError;
 
+use super::{FormatModel, Loaded, ScorerOptions};
 use crate::causal_lm::{CausalLm, Positions, Segment, WeightDtype};
 use crate::kv_cache::KvCache;
-use crate::policy::load_with_tokenizer;
+use crate::policy::{device_name, load_with_tokenizer};
 use crate::tokenizer::TokenizerCodec;
 use crate::{ModelError, Result};
 
@@ -50,13 +51,13 @@ pub struct GuardTemplate {
 pub const GUARD_TEMPLATES: &[GuardTemplate] = &[
     GuardTemplate {
         name: "llama-guard-3",
-        source: include_str!("../../../models/guard_templates/llama-guard-3.jinja"),
+        source: include_str!("../../../../models/guard_templates/llama-guard-3.jinja"),
         unsafe_label: "unsafe",
         safe_label: "safe",
     },
     GuardTemplate {
         name: "qwen3guard",
-        source: include_str!("../../../models/guard_templates/qwen3guard.jinja"),
+        source: include_str!("../../../../models/guard_templates/qwen3guard.jinja"),
         unsafe_label: " Unsafe",
         safe_label: " Safe",
     },
@@ -82,7 +83,7 @@ impl Default for GuardOptions {
 }
 
 enum Template {
-    Jinja(minijinja::Environment<'static>),
+    Jinja(Box<minijinja::Environment<'static>>),
     Checkpoint,
 }
 
@@ -94,8 +95,27 @@ pub struct GuardLm {
     template_name: String,
     unsafe_id: u32,
     safe_id: u32,
-    /// Most tokens one rendered item may have (the model's positions).
-    pub limit: usize,
+    /// The model's positions: the most tokens one rendered item may have.
+    positions: usize,
+}
+
+/// Loads a guard LM for the scorer: the cost role only, `--template` and
+/// `--guard-labels` from the options.
+pub(super) fn load(opts: &ScorerOptions) -> Result<Loaded> {
+    if opts.role == Some(ScoreRole::Reward) {
+        return Err(ModelError::Unsupported(format!(
+            "{}: a guard LM is a cost model; it cannot serve the reward role",
+            opts.model.display()
+        )));
+    }
+    let guard_opts = GuardOptions {
+        template: opts.template.clone().unwrap_or_else(|| GuardOptions::default().template),
+        labels: opts.guard_labels.clone(),
+    };
+    let guard = GuardLm::load(&opts.model, &guard_opts, opts.dtype, &opts.device)?;
+    let info = guard.info(&opts.model, device_name(&opts.device));
+    let limit = guard.positions;
+    Ok(Loaded { model: Box::new(guard), info, limit })
 }
 
 fn label_id(codec: &TokenizerCodec, label: &str, flag_side: &str) -> Result<u32> {
@@ -148,7 +168,7 @@ impl GuardLm {
             env.add_template_owned("guard", source).map_err(|e| {
                 ModelError::Format(format!("--template {}: does not parse: {}", opts.template, one_line(&e)))
             })?;
-            (Template::Jinja(env), labels)
+            (Template::Jinja(Box::new(env)), labels)
         };
         // Llama Guard's words are the default for templates of one's own.
         let (unsafe_label, safe_label) =
@@ -158,8 +178,8 @@ impl GuardLm {
         if unsafe_id == safe_id {
             return Err(ModelError::Unsupported(format!("--guard-labels: {unsafe_label:?} and {safe_label:?} are the same token")));
         }
-        let limit = model.config().max_position_embeddings;
-        let guard = Self { model, codec, template, template_name: opts.template.clone(), unsafe_id, safe_id, limit };
+        let positions = model.config().max_position_embeddings;
+        let guard = Self { model, codec, template, template_name: opts.template.clone(), unsafe_id, safe_id, positions };
         // A template that cannot render a plain pair fails now, not on the first request.
         guard.render("Hello", "Hi!").map_err(|e| {
             ModelError::Format(format!("--template {}: does not render: {e}", guard.template_name))
@@ -195,21 +215,21 @@ impl GuardLm {
     /// Token ids of one item, its prompt shortened from the start when the
     /// item asks to truncate and the rendering is over the limit.
     /// Also returns how many prompt tokens were cut.
-    fn prepare(&self, i: usize, item: &ScoreInput) -> std::result::Result<(Vec<u32>, usize), RoleError> {
+    fn prepare(&self, i: usize, item: &ScoreInput, limit: usize) -> std::result::Result<(Vec<u32>, usize), RoleError> {
         let mut prompt = item.prompt.clone();
         let mut cut = 0;
         loop {
             let ids = self.codec.tokenize(&self.render(&prompt, &item.response)?, false)?;
-            if ids.len() <= self.limit {
+            if ids.len() <= limit {
                 return Ok((ids, cut));
             }
-            let over = ids.len() - self.limit;
+            let over = ids.len() - limit;
             let prompt_ids = self.codec.tokenize(&prompt, false)?;
             if !item.truncate || prompt_ids.len() <= over || prompt.is_empty() {
                 return Err(RoleError::invalid(format!("items[{i}]"), format!(
                     "the guard prompt is {} tokens, over max_tokens {}{}",
                     ids.len(),
-                    self.limit,
+                    limit,
                     if item.truncate { " even with the prompt cut" } else { " (set truncate to cut the prompt)" }
                 )));
             }
@@ -222,9 +242,9 @@ impl GuardLm {
 
     /// Costs of the items (`logit[unsafe] - logit[safe]` after each rendering),
     /// with the tokens read and the prompt tokens cut.
-    pub fn score(&self, items: &[ScoreInput], control: &WorkControl<'_>) -> std::result::Result<Vec<ScoreOutput>, RoleError> {
+    fn score_items(&self, items: &[ScoreInput], limit: usize, control: &WorkControl<'_>) -> std::result::Result<Vec<ScoreOutput>, RoleError> {
         let (prepared, cut): (Vec<Vec<u32>>, Vec<usize>) =
-            items.iter().enumerate().map(|(i, x)| self.prepare(i, x)).collect::<std::result::Result<Vec<_>, _>>()?.into_iter().unzip();
+            items.iter().enumerate().map(|(i, x)| self.prepare(i, x, limit)).collect::<std::result::Result<Vec<_>, _>>()?.into_iter().unzip();
         let mut costs = vec![0f32; items.len()];
         // Passes of up to ~4k tokens, each item one segment with its own cache.
         let mut start = 0;
@@ -277,22 +297,16 @@ impl GuardLm {
             token_scores_available: false,
             weight_dtype: self.model.weight_dtype().to_string(),
             device,
-            max_model_tokens: self.limit,
+            max_model_tokens: self.positions,
         }
     }
 
-    /// The activation dtype (for reports).
-    pub fn activation_dtype(&self) -> DType {
-        self.model.activation_dtype()
-    }
 
-    /// Logit difference of the label tokens for already rendered text (tests).
-    pub fn score_text(&self, text: &str) -> Result<f32> {
-        let ids = self.codec.tokenize(text, false)?;
-        let mut cache = self.model.new_cache();
-        let logits: Tensor = self.model.forward(&ids, 1, &mut cache, Positions::Last)?.logits;
-        let row = logits.flatten_all()?.to_vec1::<f32>()?;
-        Ok(row[self.unsafe_id as usize] - row[self.safe_id as usize])
+}
+
+impl FormatModel for GuardLm {
+    fn score(&self, inputs: &[ScoreInput], limit: usize, control: &WorkControl<'_>) -> std::result::Result<Vec<ScoreOutput>, RoleError> {
+        self.score_items(inputs, limit, control)
     }
 }
 
