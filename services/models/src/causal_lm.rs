@@ -328,9 +328,12 @@ impl CausalLm {
             .map_err(|e| ModelError::Format(format!("not a GGUF file: {e}")))?;
         let meta = content.metadata.clone();
         let arch_name = md(&meta, "general.architecture")?.to_string()?.clone();
-        let architecture = Architecture::from_name(&arch_name)
-            .filter(|a| *a != Architecture::Mistral)
-            .ok_or_else(|| Architecture::unsupported(&arch_name, "GGUF general.architecture"))?;
+        // llama.cpp writes Mistral checkpoints as `llama`.
+        let architecture = Architecture::from_name(&arch_name).filter(|a| *a != Architecture::Mistral).ok_or_else(|| {
+            ModelError::Unsupported(format!(
+                "architecture {arch_name:?} (GGUF general.architecture); supported: llama (also Mistral), qwen2, qwen3"
+            ))
+        })?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let get_u = |k: &str| -> Result<usize> { Ok(md(&meta, &key(k))?.to_u32()? as usize) };
         let opt_u = |k: &str| -> Result<Option<usize>> {
@@ -414,21 +417,10 @@ impl CausalLm {
             let mut lin = |n: &str| -> Result<Linear> {
                 Linear::from_qtensor(tensor(format!("{p}.{n}.weight"))?, dtype, act, device)
             };
-            let (wq, wk, wv, wo) = (lin("attn_q")?, lin("attn_k")?, lin("attn_v")?, lin("attn_output")?);
+            let (wq, wk) = (lin("attn_q")?.with_bias(bq, act)?, lin("attn_k")?.with_bias(bk, act)?);
+            let (wv, wo) = (lin("attn_v")?.with_bias(bv, act)?, lin("attn_output")?.with_bias(bo, act)?);
             let (w_gate, w_up, w_down) = (lin("ffn_gate")?, lin("ffn_up")?, lin("ffn_down")?);
-            layers.push(Block {
-                attn_norm,
-                ffn_norm,
-                q_norm,
-                k_norm,
-                wq: wq.with_bias(bq, act)?,
-                wk: wk.with_bias(bk, act)?,
-                wv: wv.with_bias(bv, act)?,
-                wo: wo.with_bias(bo, act)?,
-                w_gate,
-                w_up,
-                w_down,
-            });
+            layers.push(Block { attn_norm, ffn_norm, q_norm, k_norm, wq, wk, wv, wo, w_gate, w_up, w_down });
         }
         let norm = tensor("output_norm.weight".into())?.dequantize(device)?.to_dtype(act)?;
         let weight_dtype = match dtype {
@@ -507,21 +499,12 @@ impl CausalLm {
                 (None, None)
             };
             let mut lin = |n: &str| -> Result<Linear> { Linear::from_dense(take(&format!("{p}.{n}.weight"))?, dtype, act) };
-            let (wq, wk, wv, wo) = (lin("self_attn.q_proj")?, lin("self_attn.k_proj")?, lin("self_attn.v_proj")?, lin("self_attn.o_proj")?);
+            let (wq, wk) = (lin("self_attn.q_proj")?.with_bias(bq, act)?, lin("self_attn.k_proj")?.with_bias(bk, act)?);
+            let (wv, wo) = (lin("self_attn.v_proj")?.with_bias(bv, act)?, lin("self_attn.o_proj")?.with_bias(bo, act)?);
             let (w_gate, w_up, w_down) = (lin("mlp.gate_proj")?, lin("mlp.up_proj")?, lin("mlp.down_proj")?);
-            layers.push(Block {
-                attn_norm: take(&format!("{p}.input_layernorm.weight"))?.to_dtype(act)?,
-                ffn_norm: take(&format!("{p}.post_attention_layernorm.weight"))?.to_dtype(act)?,
-                q_norm,
-                k_norm,
-                wq: wq.with_bias(bq, act)?,
-                wk: wk.with_bias(bk, act)?,
-                wv: wv.with_bias(bv, act)?,
-                wo: wo.with_bias(bo, act)?,
-                w_gate,
-                w_up,
-                w_down,
-            });
+            let attn_norm = take(&format!("{p}.input_layernorm.weight"))?.to_dtype(act)?;
+            let ffn_norm = take(&format!("{p}.post_attention_layernorm.weight"))?.to_dtype(act)?;
+            layers.push(Block { attn_norm, ffn_norm, q_norm, k_norm, wq, wk, wv, wo, w_gate, w_up, w_down });
         }
         let mut take = |name: &str| -> Result<Tensor> {
             weights

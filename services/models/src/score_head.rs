@@ -463,8 +463,8 @@ impl HeadFile {
     }
 }
 
-/// The `__metadata__` of a safetensors file, reading only its header.
-pub(crate) fn read_header_metadata(path: &Path) -> Result<Option<HashMap<String, String>>> {
+/// The JSON header of a safetensors file, reading only the header.
+pub(crate) fn read_header(path: &Path) -> Result<serde_json::Value> {
     use std::io::Read;
     let io = |e: std::io::Error| ModelError::Io(format!("{}: {e}", path.display()));
     let mut f = std::fs::File::open(path).map_err(io)?;
@@ -477,8 +477,13 @@ pub(crate) fn read_header_metadata(path: &Path) -> Result<Option<HashMap<String,
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(io)?;
-    let json: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| ModelError::Format(format!("{}: safetensors header is not JSON: {e}", path.display())))?;
+    serde_json::from_slice(&header)
+        .map_err(|e| ModelError::Format(format!("{}: safetensors header is not JSON: {e}", path.display())))
+}
+
+/// The `__metadata__` of a safetensors file, reading only its header.
+pub(crate) fn read_header_metadata(path: &Path) -> Result<Option<HashMap<String, String>>> {
+    let json = read_header(path)?;
     Ok(json.get("__metadata__").and_then(|m| serde_json::from_value(m.clone()).ok()))
 }
 

@@ -313,3 +313,27 @@ fn qwen25_coder_answers_paris_greedily_when_the_asset_is_cached() {
     let answer = codec.detokenize(&ids[start..], true).unwrap();
     assert!(answer.contains("Paris"), "{answer:?}");
 }
+
+#[test]
+fn the_qwen2_tokenizer_rebuilt_from_gguf_matches_transformers_when_the_asset_is_cached() {
+    let Ok(cache) = ig_assets::AssetCache::from_env() else { return };
+    let cached = cache.list().into_iter().any(|s| s.id == ig_assets::QWEN25_CODER_1_5B && s.state == ig_assets::AssetState::Cached);
+    if !cached {
+        eprintln!("skipped: {} is not in the asset cache", ig_assets::QWEN25_CODER_1_5B);
+        return;
+    }
+    let path = cache.joined_file(ig_assets::QWEN25_CODER_1_5B).unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let codec = ig_models::tokenizer::TokenizerCodec::from_gguf(&content.metadata).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen25_tokenizer_golden.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    for case in golden["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(codec.tokenize(text, false).unwrap(), want, "{text:?}");
+    }
+}

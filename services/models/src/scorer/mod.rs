@@ -94,7 +94,7 @@ use ig_core::RoleError;
 
 use crate::causal_lm::WeightDtype;
 use crate::encoder::keep_mask;
-use crate::score_head::{read_header_metadata, role_name, FORMAT, HEAD_FORMATS};
+use crate::score_head::{read_header, read_header_metadata, role_name, FORMAT, HEAD_FORMATS};
 use crate::{ModelError, Result};
 
 mod bert_classifier;
@@ -320,20 +320,7 @@ fn tensor_names(dir: &Path) -> Result<Vec<String>> {
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default());
     }
-    let path = dir.join("model.safetensors");
-    use std::io::Read;
-    let io = |e: std::io::Error| ModelError::Io(format!("{}: {e}", path.display()));
-    let mut f = std::fs::File::open(&path).map_err(io)?;
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n).map_err(io)?;
-    let n = u64::from_le_bytes(n);
-    if n > 100_000_000 {
-        return Err(ModelError::Format(format!("{}: safetensors header of {n} bytes", path.display())));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(io)?;
-    let json: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| ModelError::Format(format!("{}: header is not JSON: {e}", path.display())))?;
+    let json = read_header(&dir.join("model.safetensors"))?;
     Ok(json.as_object().map(|m| m.keys().filter(|k| *k != "__metadata__").cloned().collect()).unwrap_or_default())
 }
 
