@@ -137,6 +137,25 @@ pub enum WeightDtype {
     F16,
     /// Dense bf16 (activations in bf16; meant for CUDA).
     BF16,
+    /// Chosen at load from the model's size: on CPU, f32 up to
+    /// [`AUTO_F32_MAX_PARAMS`] parameters (dense f32 batches fastest there for
+    /// small models) and q8_0 above (a 1.5B model decodes 4.7x faster than
+    /// in f32; `docs/benchmarks.md`); on CUDA, f32.
+    Auto,
+}
+
+/// Most parameters [`WeightDtype::Auto`] keeps in dense f32 on CPU (2 GiB of weights).
+pub const AUTO_F32_MAX_PARAMS: u64 = 512 << 20;
+
+impl WeightDtype {
+    /// Resolves [`WeightDtype::Auto`] for a model of `params` parameters on `device`.
+    pub fn resolve(self, params: u64, device: &Device) -> Self {
+        match self {
+            Self::Auto if device.is_cpu() && params > AUTO_F32_MAX_PARAMS => Self::Q8_0,
+            Self::Auto => Self::F32,
+            other => other,
+        }
+    }
 }
 
 impl std::str::FromStr for WeightDtype {
@@ -148,7 +167,8 @@ impl std::str::FromStr for WeightDtype {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
             "bf16" => Ok(Self::BF16),
-            other => Err(format!("unknown weight dtype {other:?}: expected native, q8_0, f32, f16 or bf16")),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("unknown weight dtype {other:?}: expected auto, native, q8_0, f32, f16 or bf16")),
         }
     }
 }
@@ -212,7 +232,7 @@ impl Linear {
             (WeightDtype::Native, _) => QMatMul::QTensor(std::sync::Arc::new(q)),
             (WeightDtype::Q8_0, GgmlDType::Q8_0) => QMatMul::QTensor(std::sync::Arc::new(q)),
             (WeightDtype::Q8_0, _) => QMatMul::QTensor(std::sync::Arc::new(quantize_q8_0(&q.dequantize(device)?)?)),
-            (WeightDtype::F32 | WeightDtype::F16 | WeightDtype::BF16, _) => {
+            (WeightDtype::F32 | WeightDtype::F16 | WeightDtype::BF16 | WeightDtype::Auto, _) => {
                 QMatMul::Tensor(q.dequantize(device)?.to_dtype(act)?)
             }
         };
@@ -327,6 +347,8 @@ impl CausalLm {
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| ModelError::Format(format!("not a GGUF file: {e}")))?;
         let meta = content.metadata.clone();
+        let params: u64 = content.tensor_infos.values().map(|t| t.shape.elem_count() as u64).sum();
+        let dtype = dtype.resolve(params, device);
         let arch_name = md(&meta, "general.architecture")?.to_string()?.clone();
         // llama.cpp writes Mistral checkpoints as `llama`.
         let architecture = Architecture::from_name(&arch_name).filter(|a| *a != Architecture::Mistral).ok_or_else(|| {
@@ -468,6 +490,8 @@ impl CausalLm {
         for f in &files {
             weights.extend(candle_core::safetensors::load(f, device)?);
         }
+        let params: u64 = weights.values().map(|t| t.elem_count() as u64).sum();
+        let dtype = dtype.resolve(params, device);
         let native_dense = weights
             .get("model.embed_tokens.weight")
             .map(|t| t.dtype())
@@ -793,6 +817,7 @@ fn dtype_name(d: WeightDtype) -> &'static str {
         WeightDtype::F32 => "f32",
         WeightDtype::F16 => "f16",
         WeightDtype::BF16 => "bf16",
+        WeightDtype::Auto => "auto",
     }
 }
 
@@ -940,6 +965,11 @@ mod tests {
     #[test]
     fn dtype_parses_and_rejects() {
         assert_eq!("Q8_0".parse::<WeightDtype>(), Ok(WeightDtype::Q8_0));
+        assert_eq!("auto".parse::<WeightDtype>(), Ok(WeightDtype::Auto));
+        let cpu = Device::Cpu;
+        assert_eq!(WeightDtype::Auto.resolve(135_000_000, &cpu), WeightDtype::F32);
+        assert_eq!(WeightDtype::Auto.resolve(1_540_000_000, &cpu), WeightDtype::Q8_0);
+        assert_eq!(WeightDtype::Native.resolve(1_540_000_000, &cpu), WeightDtype::Native);
         assert!("int4".parse::<WeightDtype>().unwrap_err().contains("int4"));
     }
 }

@@ -360,7 +360,7 @@ enum Origin {
 
 fn encoder_dtype(dtype: WeightDtype) -> Result<DType> {
     match dtype {
-        WeightDtype::Native | WeightDtype::F32 => Ok(DType::F32),
+        WeightDtype::Native | WeightDtype::F32 | WeightDtype::Auto => Ok(DType::F32),
         WeightDtype::F16 => Ok(DType::F16),
         WeightDtype::BF16 => Ok(DType::BF16),
         WeightDtype::Q8_0 => Err(ModelError::Unsupported("q8_0 weights for an encoder trunk; use f32, f16 or bf16".into())),
