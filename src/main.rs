@@ -19,6 +19,7 @@ mod eval;
 mod extend_cmd;
 mod generate_cmd;
 mod jsonl;
+mod progress;
 mod score_cmd;
 mod train_critic;
 mod train_head;

@@ -174,7 +174,7 @@ async fn mesh_roles(registry: &Registry, args: &TrainCriticArgs) -> anyhow::Resu
     let deadline = Instant::now() + SETUP_TIMEOUT;
     let meta = policy_meta(&policy_entry, deadline).await?;
     let info = meta.info.clone();
-    let limits = info.limits.clone().unwrap_or_default();
+    let limits = info.limits.unwrap_or_default();
     let (cost_info, reward_info) = tokio::try_join!(scorer_info(&cost_entry, deadline), scorer_info(&reward_entry, deadline))?;
     let header = RolloutHeader {
         policy_model_id: info.model_id.clone(),

@@ -95,7 +95,7 @@ pub fn run(w: &PeerWorkload<'_>) -> anyhow::Result<PeerRun> {
                 bar.inc(1);
             }
             // Not a result line: show it rather than lose it.
-            Err(_) => bar.println(format!("llama.cpp peer: {line}")),
+            Err(_) => crate::progress::note(&bar, format!("llama.cpp peer: {line}")),
         }
     }
     let status = child.wait()?;

@@ -424,7 +424,7 @@ async fn evaluate(args: &EvalArgs, prompts: &[EvalPrompt], guard: &GuardClient, 
     // Before the file is opened for appending: judging stored answers replaces it.
     let mut failed = judge_stored(&path, &mut done, prompts, &judges, &auditor, args.concurrency).await?;
     for f in &failed {
-        bar.println(f);
+        crate::progress::note(&bar, f);
     }
     let mut file = crate::jsonl::open_append(&path)?;
     let mut running = futures::stream::iter(todo)
@@ -448,7 +448,7 @@ async fn evaluate(args: &EvalArgs, prompts: &[EvalPrompt], guard: &GuardClient, 
             }
             Err(e) => {
                 let line = format!("{} on prompt {}: {e:#}", method.name(), prompt.id);
-                bar.println(&line);
+                crate::progress::note(&bar, &line);
                 failed.push(line);
             }
         }
