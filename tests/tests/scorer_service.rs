@@ -40,7 +40,10 @@ async fn start_model(name: &str, extra: &[&str]) -> ScorerUnderTest {
     let model = head(name);
     let mut argv = vec!["ig-scorer", "--model", model.as_str()];
     argv.extend_from_slice(extra);
-    let args = Wrap::parse_from(argv).scorer;
+    start_with(Wrap::parse_from(argv).scorer).await
+}
+
+async fn start_with(args: ig_scorer::ScorerArgs) -> ScorerUnderTest {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -349,15 +352,7 @@ async fn a_guard_lm_serves_the_cost_role_over_grpc_and_bad_labels_stop_the_start
         argv.extend_from_slice(extra);
         Wrap::parse_from(argv).scorer
     };
-    let args = start_guard(&[]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(ig_scorer::run(args, listener, async move {
-        let _ = stopped.await;
-    }));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
-    let s = ScorerUnderTest { client: ScorerServiceClient::new(channel.clone()), channel, stop, task };
+    let s = start_with(start_guard(&[])).await;
     s.wait_ready().await;
     let mut client = s.client.clone();
     let info = client.info(pb::ScorerInfoRequest {}).await.unwrap().into_inner();

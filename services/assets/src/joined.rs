@@ -105,11 +105,7 @@ impl AssetCache {
     ) -> Result<FetchOutcome, AssetError> {
         let id = asset.id.to_string();
         progress(FetchEvent::Checking { id: id.clone() });
-        let locks = self.root().join("locks");
-        fs::create_dir_all(&locks).ctx("create", &locks)?;
-        let lock_path = locks.join(format!("{}.lock", asset.id));
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).ctx("open", &lock_path)?;
-        lock.lock().ctx("lock", &lock_path)?;
+        let _lock = self.lock_named(asset.id)?;
         let dir = self.joined_dir(asset);
         let outcome = |action, damaged| FetchOutcome { id: id.clone(), action, dir: dir.clone(), files: 1, bytes: asset.size, damaged };
         let damaged = match self.joined_state(asset, how) {

@@ -254,6 +254,12 @@ struct FileRecord {
     sha256: String,
 }
 
+/// One asset [`AssetCache::fetch`] works on.
+enum Job<'a> {
+    Joined(&'a JoinedAsset),
+    One(&'a Asset),
+}
+
 /// How hard to look at an existing extraction.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Check {
@@ -416,29 +422,20 @@ impl AssetCache {
         };
         let mut outcomes = Vec::new();
         let mut errors = Vec::new();
-        for asset in joined {
-            match self.fetch_joined(asset, Check::Hashes, progress) {
+        // Joined (opt-in, named only explicitly) first, then the manifest's; every one is tried.
+        let jobs = joined.into_iter().map(Job::Joined).chain(assets.into_iter().map(Job::One));
+        for job in jobs {
+            let (id, result) = match job {
+                Job::Joined(j) => (j.id, self.fetch_joined(j, Check::Hashes, progress)),
+                Job::One(a) => (a.id.as_ref(), self.fetch_one(a, Check::Hashes, progress)),
+            };
+            match result {
                 Ok(outcome) => {
                     progress(FetchEvent::Finished(outcome.clone()));
                     outcomes.push(outcome);
                 }
                 Err(e) => {
-                    progress(FetchEvent::Failed { id: asset.id.to_string(), error: e.to_string() });
-                    errors.push(e);
-                }
-            }
-        }
-        for asset in assets {
-            match self.fetch_one(asset, Check::Hashes, progress) {
-                Ok(outcome) => {
-                    progress(FetchEvent::Finished(outcome.clone()));
-                    outcomes.push(outcome);
-                }
-                Err(e) => {
-                    progress(FetchEvent::Failed {
-                        id: asset.id.to_string(),
-                        error: e.to_string(),
-                    });
+                    progress(FetchEvent::Failed { id: id.to_string(), error: e.to_string() });
                     errors.push(e);
                 }
             }
@@ -494,9 +491,14 @@ impl AssetCache {
     /// Takes the asset's lock file; released when the returned handle drops (also when the
     /// process dies, since the OS drops flock-style locks with the descriptor).
     fn lock(&self, asset: &Asset) -> Result<File, AssetError> {
+        self.lock_named(&asset.dir_name())
+    }
+
+    /// Takes the lock file `<root>/locks/<name>.lock` (see [`AssetCache::lock`]).
+    fn lock_named(&self, name: &str) -> Result<File, AssetError> {
         let dir = self.root.join("locks");
         fs::create_dir_all(&dir).ctx("create", &dir)?;
-        let path = dir.join(format!("{}.lock", asset.dir_name()));
+        let path = dir.join(format!("{name}.lock"));
         let file = File::options()
             .create(true)
             .truncate(false)

@@ -368,15 +368,14 @@ impl CausalLm {
             Some(d) => d,
             None => opt_u("rope.dimension_count")?.unwrap_or(hidden_size / num_heads),
         };
-        let tensor_info = |name: &str| -> Result<()> {
-            if content.tensor_infos.contains_key(name) {
-                Ok(())
-            } else {
-                Err(ModelError::Format(format!("missing tensor {name:?}")))
+        // Every tensor is read through here, so a missing one is named.
+        let read = |file: &mut std::fs::File, name: &str| -> Result<QTensor> {
+            if !content.tensor_infos.contains_key(name) {
+                return Err(ModelError::Format(format!("missing tensor {name:?}")));
             }
+            Ok(content.tensor(file, name, device)?)
         };
-        tensor_info("token_embd.weight")?;
-        let embd_q = content.tensor(&mut file, "token_embd.weight", device)?;
+        let embd_q = read(&mut file, "token_embd.weight")?;
         let vocab_size = embd_q.shape().dims()[0];
         let has_output = content.tensor_infos.contains_key("output.weight");
         let cfg = CausalLmConfig {
@@ -400,7 +399,7 @@ impl CausalLm {
         let act = activation_dtype(dtype, DType::F32, device);
         let embed = embd_q.dequantize(device)?.to_dtype(act)?;
         let lm_head = if has_output {
-            Linear::from_qtensor(content.tensor(&mut file, "output.weight", device)?, dtype, act, device)?
+            Linear::from_qtensor(read(&mut file, "output.weight")?, dtype, act, device)?
         } else {
             match dtype {
                 // Dense modes share the embedding matrix instead of a second copy.
@@ -410,41 +409,33 @@ impl CausalLm {
                 _ => Linear::from_qtensor(embd_q, dtype, act, device)?,
             }
         };
-        let infos: std::collections::HashSet<String> = content.tensor_infos.keys().cloned().collect();
-        let mut tensor = |name: String| -> Result<QTensor> {
-            if !infos.contains(&name) {
-                return Err(ModelError::Format(format!("missing tensor {name:?}")));
-            }
-            Ok(content.tensor(&mut file, &name, device)?)
+        let dense = |file: &mut std::fs::File, name: &str| -> Result<Tensor> {
+            Ok(read(file, name)?.dequantize(device)?.to_dtype(act)?)
+        };
+        let optional = |file: &mut std::fs::File, name: &str| -> Result<Option<Tensor>> {
+            if content.tensor_infos.contains_key(name) { dense(file, name).map(Some) } else { Ok(None) }
         };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
-            let p = format!("blk.{i}");
-            let mut dense = |n: &str, required: bool| -> Result<Option<Tensor>> {
-                let name = format!("{p}.{n}");
-                if !required && !infos.contains(&name) {
-                    return Ok(None);
-                }
-                Ok(Some(tensor(name)?.dequantize(device)?.to_dtype(act)?))
-            };
-            let attn_norm = dense("attn_norm.weight", true)?.expect("required");
-            let ffn_norm = dense("ffn_norm.weight", true)?.expect("required");
-            let (bq, bk, bv, bo) =
-                (dense("attn_q.bias", false)?, dense("attn_k.bias", false)?, dense("attn_v.bias", false)?, dense("attn_output.bias", false)?);
+            let w = |n: &str| format!("blk.{i}.{n}");
+            let attn_norm = dense(&mut file, &w("attn_norm.weight"))?;
+            let ffn_norm = dense(&mut file, &w("ffn_norm.weight"))?;
+            let (bq, bk) = (optional(&mut file, &w("attn_q.bias"))?, optional(&mut file, &w("attn_k.bias"))?);
+            let (bv, bo) = (optional(&mut file, &w("attn_v.bias"))?, optional(&mut file, &w("attn_output.bias"))?);
             let (q_norm, k_norm) = if architecture == Architecture::Qwen3 {
-                (dense("attn_q_norm.weight", true)?, dense("attn_k_norm.weight", true)?)
+                (Some(dense(&mut file, &w("attn_q_norm.weight"))?), Some(dense(&mut file, &w("attn_k_norm.weight"))?))
             } else {
                 (None, None)
             };
             let mut lin = |n: &str| -> Result<Linear> {
-                Linear::from_qtensor(tensor(format!("{p}.{n}.weight"))?, dtype, act, device)
+                Linear::from_qtensor(read(&mut file, &w(&format!("{n}.weight")))?, dtype, act, device)
             };
             let (wq, wk) = (lin("attn_q")?.with_bias(bq, act)?, lin("attn_k")?.with_bias(bk, act)?);
             let (wv, wo) = (lin("attn_v")?.with_bias(bv, act)?, lin("attn_output")?.with_bias(bo, act)?);
             let (w_gate, w_up, w_down) = (lin("ffn_gate")?, lin("ffn_up")?, lin("ffn_down")?);
             layers.push(Block { attn_norm, ffn_norm, q_norm, k_norm, wq, wk, wv, wo, w_gate, w_up, w_down });
         }
-        let norm = tensor("output_norm.weight".into())?.dequantize(device)?.to_dtype(act)?;
+        let norm = dense(&mut file, "output_norm.weight")?;
         let weight_dtype = match dtype {
             WeightDtype::Native => layers[0].wq_dtype_name().to_lowercase(),
             other => dtype_name(other).into(),

@@ -14,8 +14,8 @@ use tokenizers::Tokenizer;
 
 use super::linear_head::{DimRule, LinearHead, Normalize};
 use super::{
-    ceil_char_boundary, classify, description, model_id, read_json, resolve_role, truncate, FormatModel, Loaded,
-    Origin, PositionScores, ScoreFormat, ScorerOptions, TextTemplate, HH_TEMPLATE, MAX_PASS_TOKENS, PKU_TEMPLATE,
+    ceil_char_boundary, classify, description, model_id, pass_groups, read_json, resolve_role, truncate, FormatModel, Loaded,
+    Origin, PositionScores, ScoreFormat, ScorerOptions, TextTemplate, HH_TEMPLATE, PKU_TEMPLATE,
 };
 use crate::causal_lm::{CausalLm, Positions, Segment as LmSegment};
 use crate::kv_cache::KvCache;
@@ -269,23 +269,6 @@ impl FormatModel for CausalClassifier {
     }
 }
 
-/// Groups item indices into forward passes of about [`MAX_PASS_TOKENS`]
-/// tokens (an item longer than that runs alone).
-fn pass_groups(lengths: impl Iterator<Item = usize>) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut tokens = 0;
-    for (i, n) in lengths.enumerate() {
-        match groups.last_mut() {
-            Some(g) if tokens + n <= MAX_PASS_TOKENS => g.push(i),
-            _ => {
-                groups.push(vec![i]);
-                tokens = 0;
-            }
-        }
-        tokens += n;
-    }
-    groups
-}
 /// The BOS id to prepend when `tokenizer_config.json` asks for one but the
 /// tokenizer's post-processor does not add it.
 fn wanted_bos(dir: &Path, tokenizer: &Tokenizer, config: &serde_json::Value) -> Result<Option<u32>> {
@@ -346,11 +329,5 @@ mod tests {
         assert_eq!(EndRule::Last.index(&[1, 5, 0]), 2);
         assert_eq!(EndRule::LastNonPad(0).index(&[1, 5, 0, 0]), 1);
         assert_eq!(EndRule::LastNonPad(0).index(&[0, 0]), 1);
-    }
-
-    #[test]
-    fn pass_groups_bound_tokens() {
-        let g = pass_groups([3000, 1000, 200, 5000, 10].into_iter());
-        assert_eq!(g, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
     }
 }

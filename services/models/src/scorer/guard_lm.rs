@@ -28,7 +28,7 @@ use ig_core::policy::{ChatMessage, TextCodec, WorkControl};
 use ig_core::scorer::{ScoreInput, ScoreOutput, ScoreRole, ScorerInfo};
 use ig_core::RoleError;
 
-use super::{FormatModel, Loaded, ScorerOptions};
+use super::{model_id, pass_groups, FormatModel, Loaded, ScorerOptions};
 use crate::causal_lm::{CausalLm, Positions, Segment, WeightDtype};
 use crate::kv_cache::KvCache;
 use crate::policy::{device_name, load_with_tokenizer};
@@ -246,21 +246,14 @@ impl GuardLm {
         let (prepared, cut): (Vec<Vec<u32>>, Vec<usize>) =
             items.iter().enumerate().map(|(i, x)| self.prepare(i, x, limit)).collect::<std::result::Result<Vec<_>, _>>()?.into_iter().unzip();
         let mut costs = vec![0f32; items.len()];
-        // Passes of up to ~4k tokens, each item one segment with its own cache.
-        let mut start = 0;
-        while start < prepared.len() {
+        // Each item one segment with its own cache, in passes of bounded tokens.
+        for group in pass_groups(prepared.iter().map(Vec::len)) {
             control.check()?;
-            let mut end = start;
-            let mut tokens = 0;
-            while end < prepared.len() && (end == start || tokens + prepared[end].len() <= 4096) {
-                tokens += prepared[end].len();
-                end += 1;
-            }
-            let mut caches: Vec<KvCache> = (start..end).map(|_| self.model.new_cache()).collect();
-            let mut segments: Vec<Segment<'_>> = prepared[start..end]
+            let mut caches: Vec<KvCache> = group.iter().map(|_| self.model.new_cache()).collect();
+            let mut segments: Vec<Segment<'_>> = group
                 .iter()
                 .zip(caches.iter_mut())
-                .map(|(ids, cache)| Segment { tokens: ids, rows: 1, cache })
+                .map(|(&i, cache)| Segment { tokens: &prepared[i], rows: 1, cache })
                 .collect();
             let logits = self.model.forward_segments(&mut segments, Positions::Last).map_err(RoleError::from)?.logits;
             let pick = |id: u32| -> std::result::Result<Vec<f32>, RoleError> {
@@ -268,10 +261,9 @@ impl GuardLm {
                 col.map_err(|e| RoleError::Internal(e.to_string()))
             };
             let (u, s) = (pick(self.unsafe_id)?, pick(self.safe_id)?);
-            for (k, (u, s)) in u.iter().zip(&s).enumerate() {
-                costs[start + k] = u - s;
+            for (k, &i) in group.iter().enumerate() {
+                costs[i] = u[k] - s[k];
             }
-            start = end;
         }
         Ok(costs
             .into_iter()
@@ -284,7 +276,7 @@ impl GuardLm {
     pub fn info(&self, path: &Path, device: String) -> ScorerInfo {
         ScorerInfo {
             role: ScoreRole::Cost,
-            model_id: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            model_id: model_id(path),
             score_description: format!(
                 "guard LM (template {}): log P({:?}) - log P({:?}) at the first answer token; > 0 is unsafe",
                 self.template_name,

@@ -512,6 +512,24 @@ fn truncate(
     Ok((keep, n - limit))
 }
 
+/// Groups item indices into forward passes of about [`MAX_PASS_TOKENS`]
+/// tokens (an item longer than that runs alone).
+fn pass_groups(lengths: impl Iterator<Item = usize>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut tokens = 0;
+    for (i, n) in lengths.enumerate() {
+        match groups.last_mut() {
+            Some(g) if tokens + n <= MAX_PASS_TOKENS => g.push(i),
+            _ => {
+                groups.push(vec![i]);
+                tokens = 0;
+            }
+        }
+        tokens += n;
+    }
+    groups
+}
+
 impl ScorerBackend for ScoreModel {
     fn info(&self) -> ScorerInfo {
         let mut info = self.info.clone();
@@ -584,6 +602,12 @@ mod tests {
 
 
 
+
+    #[test]
+    fn pass_groups_bound_tokens() {
+        let g = pass_groups([3000, 1000, 200, 5000, 10].into_iter());
+        assert_eq!(g, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+    }
 
     #[test]
     fn char_boundaries_round_up() {
