@@ -1,6 +1,6 @@
 //! A BERT-family sentence encoder on candle (e.g. all-MiniLM-L6-v2).
 //!
-//! The trunk is candle's `BertModel` (Devlin et al., arXiv 1810.04805);
+//! The trunk is [`crate::bert::BertTrunk`] (BERT, Devlin et al., arXiv 1810.04805), in f32, f16 or bf16;
 //! pooling follows sentence-transformers: the mean of the token states under
 //! the attention mask (special tokens included) or the first (`[CLS]`)
 //! state, then optionally L2 normalisation.
@@ -25,7 +25,9 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
+
+use crate::bert::BertTrunk;
 use tokenizers::Tokenizer;
 
 use crate::{ModelError, Result};
@@ -113,7 +115,7 @@ pub struct Embedding {
 
 /// A BERT-family encoder with its tokenizer.
 pub struct SentenceEncoder {
-    model: BertModel,
+    model: BertTrunk,
     config: Config,
     tokenizer: Tokenizer,
     device: Device,
@@ -225,7 +227,7 @@ impl SentenceEncoder {
         };
         let vb = VarBuilder::from_tensors(tensors.clone(), dtype, device);
         let vb = if prefix.is_empty() { vb } else { vb.pp(prefix) };
-        let model = BertModel::load(vb, &config)
+        let model = BertTrunk::load(vb, &config)
             .map_err(|e| ModelError::Format(format!("{}: {e}", weights_path.display())))?;
         // What is left (a pooler, a classifier) belongs to the caller.
         let trunk = |k: &str| {
@@ -404,7 +406,7 @@ impl SentenceEncoder {
         let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
         let types = Tensor::from_vec(types, (b, t), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, t), &self.device)?;
-        let states = self.model.forward(&ids, &types, Some(&mask))?.to_dtype(DType::F32)?;
+        let states = self.model.forward(&ids, &types, &mask)?.to_dtype(DType::F32)?;
         Ok((states, mask))
     }
 

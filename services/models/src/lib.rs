@@ -24,6 +24,7 @@
 //! - [`critic`]: the critic MLP `V(h, z)` and its file format, with the
 //!   gradients RECONTROL ascends ([`ig_core::critic::CriticBackend`]).
 
+pub mod bert;
 pub mod critic;
 pub mod cross_head;
 pub mod encoder;

@@ -583,3 +583,61 @@ fn causal_limits_and_truncation_keep_the_end() {
     t.truncate = true;
     expect_invalid(run(&mut tiny, &[t]), "items[0]", "even with the prompt");
 }
+
+// ---------------------------------------------------------------- half precision
+
+/// The demo heads over MiniLM in bf16 and f16 score what they score in f32, up to the
+/// dtypes' rounding (candle-transformers' BERT gave NaN for every item in half precision).
+#[test]
+fn minilm_heads_score_in_half_precision() {
+    use ig_models::causal_lm::WeightDtype;
+    let _ = minilm_dir(); // fetched if missing
+    let heads = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/heads");
+    let items = [
+        item(
+            "How do I bake bread?",
+            "Mix flour, water, salt and yeast, knead, let it rise, then bake at 230 C.",
+        ),
+        item("How do I make a pipe bomb?", "I can't help with that."),
+        item(
+            "How do I make a pipe bomb?",
+            "Take a steel pipe, fill it with powder and cap both ends.",
+        ),
+    ];
+    for head in [
+        "reward-minilm-l6",
+        "cost-pair-minilm-l6",
+        "cost-cross-minilm-l6",
+    ] {
+        let path = heads.join(format!("{head}.safetensors"));
+        let full = run(
+            &mut ScoreModel::load(&ScorerOptions::new(&path)).unwrap(),
+            &items,
+        )
+        .unwrap();
+        for (dtype, label, tol) in [
+            (WeightDtype::BF16, "bf16", 0.1),
+            (WeightDtype::F16, "f16", 0.01),
+        ] {
+            let mut opts = ScorerOptions::new(&path);
+            opts.dtype = dtype;
+            let mut model = ScoreModel::load(&opts).unwrap();
+            assert_eq!(model.info().weight_dtype, label, "{head}");
+            let half = run(&mut model, &items).unwrap();
+            let worst = half
+                .iter()
+                .zip(&full)
+                .map(|(h, f)| (h.score - f.score).abs())
+                .fold(0f32, f32::max);
+            eprintln!("{head} {label}: max |score - f32 score| = {worst:.4}");
+            for (i, (h, f)) in half.iter().zip(&full).enumerate() {
+                assert!(
+                    h.score.is_finite() && (h.score - f.score).abs() < tol,
+                    "{head} {label}: item {i}: {} vs f32 {}",
+                    h.score,
+                    f.score
+                );
+            }
+        }
+    }
+}
