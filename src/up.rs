@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use ig_models::causal_lm::WeightDtype;
 use ig_models::policy::CausalLmPolicy;
 use ig_models::scorer::ScoreModel;
 use ig_orchestrator::in_process::{EnginePolicy, EngineScorer, InProcessRoles};
@@ -53,6 +54,16 @@ pub struct MeshModels {
     /// Serve no critic.
     #[arg(long, conflicts_with = "critics")]
     pub no_critics: bool,
+    /// Weight format of every score model (cost, reward, extra cost models): f32, f16,
+    /// bf16 (a guard LM also native or q8_0). Not read from IG_DTYPE, the policy's.
+    #[arg(long, env = "IG_SCORER_DTYPE", default_value = "f32")]
+    pub scorer_dtype: WeightDtype,
+    /// Device of every score model: cpu, cuda or cuda:N (default: the policy's --device).
+    #[arg(long, env = "IG_SCORER_DEVICE")]
+    pub scorer_device: Option<String>,
+    /// Device of the critics (default: the policy's --device).
+    #[arg(long, env = "IG_CRITIC_DEVICE")]
+    pub critic_device: Option<String>,
 }
 
 /// A path, or nothing (an empty value asks for no extra cost model).
@@ -61,6 +72,22 @@ fn path_or_empty(value: &str) -> Result<PathBuf, String> {
 }
 
 impl MeshModels {
+    /// A score model's server flags: its dtype and device are the mesh's scorer flags,
+    /// never the policy's environment.
+    fn scorer_args(&self, model: &std::path::Path, listen: SocketAddr, policy: &ig_policy::PolicyArgs) -> ScorerArgs {
+        let mut args = ScorerArgs::with_model(model, listen);
+        args.dtype = self.scorer_dtype;
+        args.device = self.scorer_device.clone().unwrap_or_else(|| policy.device.clone());
+        args
+    }
+
+    /// A critic's server flags, on the critics' device.
+    fn critic_args(&self, model: &std::path::Path, listen: SocketAddr, policy: &ig_policy::PolicyArgs) -> ig_critic::CriticArgs {
+        let mut args = ig_critic::CriticArgs::with_model(model, listen);
+        args.device = self.critic_device.clone().unwrap_or_else(|| policy.device.clone());
+        args
+    }
+
     /// The extra cost models to serve, each with its registry name (its file
     /// stem): not the cost model itself, each once. Errors name the flag.
     fn extra_cost_models(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
@@ -193,8 +220,8 @@ impl RoleEngines {
     /// Starts loading the models; returns at once. The scorers' flags name
     /// `cost_listen` and `reward_listen` as their addresses.
     pub(crate) fn start(policy: ig_policy::PolicyArgs, scorers: &MeshModels, cost_listen: SocketAddr, reward_listen: SocketAddr) -> anyhow::Result<Self> {
-        let cost_args = ScorerArgs::with_model(&scorers.cost_model, cost_listen);
-        let reward_args = ScorerArgs::with_model(&scorers.reward_model, reward_listen);
+        let cost_args = scorers.scorer_args(&scorers.cost_model, cost_listen, &policy);
+        let reward_args = scorers.scorer_args(&scorers.reward_model, reward_listen, &policy);
         Ok(Self {
             policy: ig_policy::start_engine(&policy)?,
             policy_args: policy,
@@ -411,7 +438,7 @@ impl Mesh {
         for (name, path) in extras {
             let listener = bind("extra cost model", SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             let addr = listener.local_addr()?;
-            let mut args = ScorerArgs::with_model(&path, addr);
+            let mut args = scorers.scorer_args(&path, addr, &engines.policy_args);
             args.tls = server_tls(true);
             let engine = ig_scorer::start_engine(&args)?;
             let shutdown = signal(stopped.clone());
@@ -423,7 +450,7 @@ impl Mesh {
         for (path, objective) in scorers.critics()? {
             let listener = bind("critic", SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             let addr = listener.local_addr()?;
-            let mut args = ig_critic::CriticArgs::with_model(&path, addr);
+            let mut args = scorers.critic_args(&path, addr, &engines.policy_args);
             args.tls = server_tls(true);
             let engine = ig_critic::start_engine(&args)?;
             let shutdown = signal(stopped.clone());
@@ -729,6 +756,8 @@ fn print_side_by_side(rows: &[(&str, String, &str, ig_proto::v1::GenerationResul
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use clap::Parser;
 
     use super::*;
@@ -779,6 +808,28 @@ mod tests {
         std::env::remove_var("IG_EXTRA_COST_MODELS");
         assert_eq!(from_env, ["j4", "j5"]);
         assert_eq!(empty_env, vec![]);
+    }
+
+    #[test]
+    fn each_role_takes_its_own_dtype_and_device() {
+        let at: SocketAddr = ([127, 0, 0, 1], 0).into();
+        // IG_DTYPE is the policy's: a half-precision policy must not take the scorers with
+        // it (tests run one at a time, so the variable is this test's alone).
+        std::env::set_var("IG_DTYPE", "bf16");
+        let plain = Wrap::parse_from(["up"]);
+        let flags = Wrap::parse_from(["up", "--scorer-dtype", "f16", "--policy-device", "cuda:1", "--critic-device", "cpu"]);
+        std::env::remove_var("IG_DTYPE");
+        assert_eq!(plain.policy.dtype, WeightDtype::BF16);
+        let scorer = plain.models.scorer_args(Path::new("m"), at, &plain.policy);
+        assert_eq!((scorer.dtype, scorer.device.as_str()), (WeightDtype::F32, "cpu"));
+        assert_eq!(flags.policy.device, "cuda:1");
+        let scorer = flags.models.scorer_args(Path::new("m"), at, &flags.policy);
+        assert_eq!((scorer.dtype, scorer.device.as_str()), (WeightDtype::F16, "cuda:1"), "the scorers follow the policy's device");
+        assert_eq!(flags.models.critic_args(Path::new("c"), at, &flags.policy).device, "cpu");
+        let aliased = Wrap::parse_from(["up", "--policy-dtype", "q8_0", "--scorer-device", "cpu", "--policy-device", "cuda"]);
+        assert_eq!(aliased.policy.dtype, WeightDtype::Q8_0);
+        assert_eq!(aliased.models.scorer_args(Path::new("m"), at, &aliased.policy).device, "cpu");
+        assert_eq!(aliased.models.critic_args(Path::new("c"), at, &aliased.policy).device, "cuda");
     }
 
     #[test]

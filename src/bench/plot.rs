@@ -178,7 +178,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let policy = Report::new(
             "policy",
-            PolicyWorkload { model: "m.gguf".into(), dtypes: vec!["q8_0".into(), "f32".into()], batches: vec![1, 8, 32], prompt_tokens: 64, decode_steps: 16, runs: 1 },
+            PolicyWorkload { model: "m.gguf".into(), dtypes: vec!["q8_0".into(), "f32".into()], batches: vec![1, 8, 32], prompt_tokens: 64, decode_steps: 16, runs: 1, device: "cpu".into() },
             PolicyResults {
                 ours: [1, 8, 32].into_iter().flat_map(|b| [throughput("q8_0", b, 50.0), throughput("f32", b, 20.0 * b as f64)]).collect(),
                 peer: Some(PeerRun { engine: "llama.cpp".into(), system_info: String::new(), threads: 2, rows: vec![throughput("as stored", 1, 60.0), throughput("as stored", 8, 200.0), throughput("as stored", 32, 400.0)] }),
@@ -187,7 +187,7 @@ mod tests {
         );
         let scorer = Report::new(
             "scorer",
-            ScorerWorkload { model: "cost.safetensors".into(), batches: vec![1, 8], response_tokens: 64, runs: 1 },
+            ScorerWorkload { model: "cost.safetensors".into(), batches: vec![1, 8], response_tokens: 64, runs: 1, dtype: "f32".into(), device: "cpu".into() },
             vec![ScorerRow { batch: 1, items_per_s: 40.0, ms_per_batch: 25.0, tokens_per_item: 80.0 }, ScorerRow { batch: 8, items_per_s: 90.0, ms_per_batch: 88.0, tokens_per_item: 81.0 }],
         );
         let search = Report::new(

@@ -34,6 +34,9 @@ pub struct PolicyBench {
     /// Measured runs per cell (median reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Also run llama.cpp (benches/llamacpp_peer.sh) on the same GGUF and
     /// workload, with as many threads as candle.
     #[arg(long)]
@@ -59,6 +62,12 @@ pub(crate) struct PolicyWorkload {
     pub prompt_tokens: usize,
     pub decode_steps: usize,
     pub runs: usize,
+    #[serde(default = "cpu")]
+    pub device: String,
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }
 
 /// One (engine, dtype, batch) measurement.
@@ -85,8 +94,12 @@ pub(crate) struct PolicyResults {
 fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize) -> anyhow::Result<(f64, f64)> {
     let mut cache: KvCache = model.new_cache();
     let tokens: Vec<u32> = (0..batch).flat_map(|_| prompt.iter().copied()).collect();
+    // A GPU runs asynchronously: each pass is timed until the device has finished it.
+    let device = model.device();
+    device.synchronize()?;
     let t0 = Instant::now();
     model.forward(&tokens, batch, &mut cache, Positions::Last)?;
+    device.synchronize()?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for step in 0..steps {
@@ -94,6 +107,7 @@ fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize) -> anyh
         let next: Vec<u32> = (0..batch).map(|r| (100 + r * 7 + step * 13) as u32 % 10_000 + 100).collect();
         model.forward(&next, batch, &mut cache, Positions::Last)?;
     }
+    device.synchronize()?;
     Ok((prefill, t1.elapsed().as_secs_f64()))
 }
 
@@ -105,10 +119,10 @@ pub fn run(args: PolicyBench) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
     let bar = progress((args.dtypes.len() * args.batches.len() * (runs + 1)) as u64)?;
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| 200 + (i * 37) % 5000).collect();
+    let device = ig_models::policy::parse_device(&args.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let mut ours = Vec::new();
     for &dtype in &args.dtypes {
         bar.set_message(format!("loading {dtype:?}"));
-        let device = ig_models::Device::Cpu;
         let model = if path.is_dir() { CausalLm::from_safetensors_dir(&path, dtype, &device)? } else { CausalLm::from_gguf(&path, dtype, &device)?.0 };
         for &batch in &args.batches {
             bar.set_message(format!("{} batch {batch}", model.weight_dtype()));
@@ -149,14 +163,16 @@ pub fn run(args: PolicyBench) -> anyhow::Result<()> {
         prompt_tokens: args.prompt_tokens,
         decode_steps: args.decode_steps,
         runs,
+        device: ig_models::policy::device_name(&device),
     };
     let report = Report::new("policy", params, PolicyResults { ours, peer, peer_error });
     let p = &report.params;
     report.print_heading(
         "policy: prefill and batched decode, in-process",
         &format!(
-            "model {}, prompt {} tokens, {} decode steps, batches {}, median of {} runs after 1 warm-up",
+            "model {} on {}, prompt {} tokens, {} decode steps, batches {}, median of {} runs after 1 warm-up",
             p.model,
+            p.device,
             p.prompt_tokens,
             p.decode_steps,
             list(&p.batches),

@@ -10,6 +10,7 @@ use std::time::Instant;
 use clap::Args;
 use ig_core::policy::WorkControl;
 use ig_core::scorer::{ScoreInput, ScorerBackend};
+use ig_models::causal_lm::WeightDtype;
 use ig_models::scorer::ScoreModel;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -33,6 +34,12 @@ pub struct ScorerBench {
     /// Measured runs per batch size (median reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Weight format: f32, f16, bf16 (a guard LM also native or q8_0).
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -52,6 +59,10 @@ pub(crate) struct ScorerWorkload {
     pub batches: Vec<usize>,
     pub response_tokens: usize,
     pub runs: usize,
+    #[serde(default)]
+    pub dtype: String,
+    #[serde(default)]
+    pub device: String,
 }
 
 /// One batch size's measurement.
@@ -138,7 +149,9 @@ pub fn run(args: ScorerBench) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
     let bar = progress((args.batches.len() * (runs + 1)) as u64)?;
     bar.set_message(format!("loading {}", args.model.display()));
-    let options = ig_scorer::ScorerArgs::with_model(&args.model, ([127, 0, 0, 1], 0).into()).options()?;
+    let mut flags = ig_scorer::ScorerArgs::with_model(&args.model, ([127, 0, 0, 1], 0).into());
+    (flags.dtype, flags.device) = (args.dtype, args.device.clone());
+    let options = flags.options()?;
     let mut model = ScoreModel::load(&options)?;
     model.warm_up()?;
     let never_stop = || false;
@@ -164,14 +177,24 @@ pub fn run(args: ScorerBench) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
 
-    let params = ScorerWorkload { model: file_name(&args.model), batches: args.batches.clone(), response_tokens: args.response_tokens, runs };
+    let info = model.info();
+    let params = ScorerWorkload {
+        model: file_name(&args.model),
+        batches: args.batches.clone(),
+        response_tokens: args.response_tokens,
+        runs,
+        dtype: info.weight_dtype,
+        device: info.device,
+    };
     let report = Report::new("scorer", params, rows);
     let p = &report.params;
     report.print_heading(
         "scorer: items/s in-process",
         &format!(
-            "model {}, batches {}, responses of ~{} tokens (varied text, new every run), median of {} runs after 1 warm-up",
+            "model {} ({} on {}), batches {}, responses of ~{} tokens (varied text, new every run), median of {} runs after 1 warm-up",
             p.model,
+            p.dtype,
+            p.device,
             list(&p.batches),
             p.response_tokens,
             p.runs

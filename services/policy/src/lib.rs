@@ -36,10 +36,10 @@ pub struct PolicyArgs {
     /// bf16. auto: on CPU f32 up to 512M parameters (fastest batched decoding
     /// for the 135M demo model) and q8_0 above (the 1.5B model decodes 4.7x
     /// faster than in f32); f32 on CUDA.
-    #[arg(long, env = "IG_DTYPE", default_value = "auto")]
+    #[arg(long, visible_alias = "policy-dtype", env = "IG_DTYPE", default_value = "auto")]
     pub dtype: WeightDtype,
     /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
-    #[arg(long, env = "IG_DEVICE", default_value = "cpu")]
+    #[arg(long, visible_alias = "policy-device", env = "IG_DEVICE", default_value = "cpu")]
     pub device: String,
     /// Address to listen on.
     #[arg(long, env = "IG_LISTEN", default_value = "127.0.0.1:50051")]
