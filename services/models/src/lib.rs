@@ -26,6 +26,7 @@
 
 pub mod bert;
 pub mod critic;
+pub mod device_sampling;
 pub mod cross_head;
 pub mod encoder;
 pub mod kv_cache;

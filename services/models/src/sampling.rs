@@ -56,7 +56,12 @@ pub fn rng_at_draw(seed: u64, prefix_index: usize, child_index: usize, draw: u64
 pub fn sample(logits: &[f32], params: &Sampling, rng: &mut ChaCha8Rng, scratch: &mut Vec<(f32, u32)>) -> u32 {
     // The one word of this draw, taken before any branch (`f32` takes one
     // `next_u32`).
-    let unit = rng.random::<f32>();
+    sample_with_unit(logits, params, rng.random::<f32>(), scratch)
+}
+
+/// [`sample`] with the draw's uniform number in `[0, 1)` given: the token is the first
+/// one, in the walk order, at which the running mass reaches `unit` times the kept mass.
+pub fn sample_with_unit(logits: &[f32], params: &Sampling, unit: f32, scratch: &mut Vec<(f32, u32)>) -> u32 {
     if params.temperature <= 0.0 {
         return argmax(logits) as u32;
     }
