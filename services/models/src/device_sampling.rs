@@ -5,11 +5,13 @@
 //! **Same draws as the host sampler.** Each row takes the same uniform number from its
 //! child's stream, keeps the same tokens (bias, temperature, top-k, nucleus) and walks them
 //! in the same order: token-id order for a full softmax, probability then token id for a
-//! top-k/top-p head. What differs is the order of the float additions (reduction trees and
-//! blocked prefix sums on the device, a sequential loop on the host), so a draw whose
-//! uniform number falls within rounding of the boundary between two tokens may pick the
-//! neighbour; `tests/device_sampling.rs` measures how rare that is and checks the
-//! distribution. Greedy draws are exact (first maximum, as on the host).
+//! top-k/top-p head. Masses are summed in f64 on both sides, in different orders
+//! (reduction trees and blocked prefix sums here, a loop there): they agree to ~1e-15, so
+//! a draw can differ only when its uniform number falls that close to the boundary
+//! between two tokens. On the CPU device the probabilities themselves are the host's, bit
+//! for bit; on a GPU `exp` may differ in the last bit, which moves a boundary by ~1e-7 of
+//! a token's mass. Greedy draws are exact (first maximum, as on the host).
+//! `tests/device_sampling.rs` compares the two and checks the distribution.
 //!
 //! A nucleus wider than the head of the [`MAX_HEAD`] most likely tokens (a near-flat
 //! distribution) is drawn on the host from that row's copied logits, as the host sampler
@@ -74,8 +76,9 @@ pub fn sample_rows(logits: &Tensor, params: &Sampling, units: &[f32], biases: &[
         (first_argmax(&biased)?, None)
     } else {
         let max = biased.max_keepdim(1)?;
-        let p = (biased.broadcast_sub(&max)? * f64::from(1.0 / params.temperature))?.exp()?;
-        let unit_col = Tensor::from_slice(units, (rows, 1), x.device())?;
+        // The host's f32 probabilities, then summed in f64 like it.
+        let p = (biased.broadcast_sub(&max)? * f64::from(1.0 / params.temperature))?.exp()?.to_dtype(DType::F64)?;
+        let unit_col = Tensor::from_slice(units, (rows, 1), x.device())?.to_dtype(DType::F64)?;
         match head {
             None => (full_softmax_draw(&p, &unit_col)?, None),
             Some(keep) => {
@@ -87,7 +90,7 @@ pub fn sample_rows(logits: &Tensor, params: &Sampling, units: &[f32], biases: &[
     };
     let lse = {
         let max = x.max_keepdim(1)?;
-        (x.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?
+        (x.broadcast_sub(&max)?.exp()?.to_dtype(DType::F64)?.sum_keepdim(1)?.log()?.to_dtype(DType::F32)? + max)?
     };
     let logprobs = (x.gather(&tokens.unsqueeze(1)?, 1)? - lse)?;
     let wider = match wider {
@@ -169,17 +172,17 @@ fn first_argmax(x: &Tensor) -> Result<Tensor> {
 /// `unit · mass`, kept within `(0, mass]`: above 0 so a token of zero probability is never
 /// reached, at most `mass` so rounding cannot run past the last token with probability.
 fn draw_target(units: &Tensor, mass: &Tensor) -> Result<Tensor> {
-    Ok((units * mass)?.maximum(f32::MIN_POSITIVE)?.minimum(mass)?)
+    Ok((units * mass)?.maximum(f64::MIN_POSITIVE)?.minimum(mass)?)
 }
 
 /// Full softmax: the first token, in id order, at which the running mass of `p`
-/// (`(rows, vocab)`, unnormalised) reaches `unit` times the total.
+/// (`(rows, vocab)` f64, unnormalised) reaches `unit` times the total.
 fn full_softmax_draw(p: &Tensor, units: &Tensor) -> Result<Tensor> {
     let (rows, vocab) = p.dims2()?;
     let dev = p.device();
     let blocks = vocab.div_ceil(BLOCK);
     let padded = if blocks * BLOCK > vocab {
-        Tensor::cat(&[p, &Tensor::zeros((rows, blocks * BLOCK - vocab), DType::F32, dev)?], 1)?
+        Tensor::cat(&[p, &Tensor::zeros((rows, blocks * BLOCK - vocab), DType::F64, dev)?], 1)?
     } else {
         p.clone()
     };
@@ -199,7 +202,8 @@ fn full_softmax_draw(p: &Tensor, units: &Tensor) -> Result<Tensor> {
     Ok(((block * BLOCK as f64)? + offset)?.minimum(vocab as u32 - 1)?)
 }
 
-/// Top-k and nucleus: the `keep` most likely tokens sorted by probability then id; the
+/// Top-k and nucleus (`p`: `(rows, vocab)` f64): the `keep` most likely tokens sorted by
+/// probability then id; the
 /// nucleus is the shortest prefix of them whose mass reaches `top_p` of the total; the
 /// token is the first of it at which the running mass reaches `unit` times the nucleus's.
 /// Also returns, per row, 1 where the head's whole mass stays below `top_p` of the total
@@ -233,7 +237,7 @@ fn top_tokens(p: &Tensor, keep: usize) -> Result<(Tensor, Tensor)> {
     let dev = p.device();
     let ids = Tensor::arange(0u32, vocab as u32, dev)?;
     let tie = (1.0 - (ids.to_dtype(DType::F64)? * 2f64.powi(-48))?)?;
-    let mut keys = p.to_dtype(DType::F64)?.broadcast_mul(&tie)?;
+    let mut keys = p.broadcast_mul(&tie)?;
     let mut cand = ids.broadcast_as((rows, vocab))?.contiguous()?;
     loop {
         let width = keys.dim(1)?;

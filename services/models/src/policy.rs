@@ -20,8 +20,10 @@ use ig_core::policy::{
     PolicyBackend, PolicyInfo, Sampling, TextCodec, TopKRequest, WorkControl,
 };
 use ig_core::RoleError;
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::device_sampling::sample_rows;
 use crate::kv_cache::KvCache;
 use crate::causal_lm::{ForwardOutput, CausalLm, Positions, Segment, WeightDtype};
 use crate::prefix_cache::{CachedGroup, PrefixCache};
@@ -43,6 +45,33 @@ pub struct PolicyOptions {
     /// Most prompt tokens one prefill pass feeds (activations and attention scores grow
     /// with it); longer prefills take several passes, a long prefix in pieces.
     pub max_prefill_tokens: usize,
+    /// Where tokens are drawn.
+    pub sampling_on: SamplingOn,
+}
+
+/// Where an extension draws its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SamplingOn {
+    /// On the model's device when it is not the CPU.
+    #[default]
+    Auto,
+    /// On the host, from logits copied back every step ([`crate::sampling`]).
+    Host,
+    /// Where the logits are ([`crate::device_sampling`]): only token ids and log-probs
+    /// are copied back.
+    Device,
+}
+
+impl std::str::FromStr for SamplingOn {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "host" => Ok(Self::Host),
+            "device" => Ok(Self::Device),
+            other => Err(format!("{other:?}: expected auto, host or device")),
+        }
+    }
 }
 
 /// Default of [`PolicyOptions::max_prefill_tokens`]: two full 2,048-token contexts.
@@ -83,13 +112,16 @@ pub struct CausalLmPolicy {
     codec: Arc<TokenizerCodec>,
     cache: PrefixCache,
     max_prefill_tokens: usize,
+    /// Draw tokens where the logits are ([`SamplingOn`]).
+    device_sampling: bool,
     info: PolicyInfo,
 }
 
 /// The computed state of one prefix before its children are drawn.
 struct Start {
     kv: KvCache,
-    logits: Vec<f32>,
+    /// `(vocab,)` next-token logits, on the model's device.
+    logits: Tensor,
     hidden: Tensor,
 }
 
@@ -140,6 +172,11 @@ impl CausalLmPolicy {
             codec: Arc::new(codec),
             cache: PrefixCache::new(opts.prefix_cache_bytes),
             max_prefill_tokens: opts.max_prefill_tokens.max(1),
+            device_sampling: match opts.sampling_on {
+                SamplingOn::Auto => !opts.device.is_cpu(),
+                SamplingOn::Host => false,
+                SamplingOn::Device => true,
+            },
             info,
         })
     }
@@ -169,7 +206,7 @@ impl CausalLmPolicy {
                     stats.cached_prefix_tokens += hit.len as u64;
                     starts.push(Some(Start {
                         kv: hit.group.kv.select_rows(&[hit.row])?,
-                        logits: hit.group.logits.get(hit.row)?.to_vec1()?,
+                        logits: hit.group.logits.get(hit.row)?,
                         hidden: hit.group.hidden.get(hit.row)?,
                     }));
                 }
@@ -228,7 +265,7 @@ impl CausalLmPolicy {
                 hidden: hidden.unsqueeze(0)?.copy()?,
                 rows: vec![Arc::from(sequences[i])],
             })?;
-            starts[i] = Some(Start { kv, logits: logits.to_vec1()?, hidden });
+            starts[i] = Some(Start { kv, logits, hidden });
         }
         Ok(starts.into_iter().map(|s| s.expect("every sequence started")).collect())
     }
@@ -319,11 +356,16 @@ impl CausalLmPolicy {
         let sequences: Vec<&[u32]> = req.prefixes.iter().map(|p| p.token_ids.as_slice()).collect();
         let starts = self.start_states(&sequences, &mut stats)?;
         let mut groups = Vec::with_capacity(req.prefixes.len());
-        let mut row_logits: Vec<Vec<f32>> = Vec::new();
+        let mut host_logits: Vec<Vec<f32>> = Vec::new();
+        let mut device_logits: Vec<Tensor> = Vec::new();
         for (i, (p, start)) in req.prefixes.iter().zip(starts).enumerate() {
             // Room for the whole chunk now, so decoding writes in place.
             let kv = start.kv.expand(p.children, req.chunk_tokens)?;
-            row_logits.extend(std::iter::repeat_n(start.logits, p.children));
+            if self.device_sampling {
+                device_logits.push(start.logits.unsqueeze(0)?.repeat((p.children, 1))?);
+            } else {
+                host_logits.extend(std::iter::repeat_n(start.logits.to_vec1()?, p.children));
+            }
             groups.push(Group {
                 prefix_index: i,
                 prefix: Arc::from(p.token_ids.as_slice()),
@@ -350,7 +392,7 @@ impl CausalLmPolicy {
             max_sequence_tokens: req.max_sequence_tokens,
             with_latents: req.with_latents,
             groups,
-            row_logits,
+            row_logits: if self.device_sampling { RowLogits::Device(Tensor::cat(&device_logits, 0)?) } else { RowLogits::Host(host_logits) },
             step: 0,
             stats,
             finished: Vec::new(),
@@ -360,7 +402,7 @@ impl CausalLmPolicy {
     /// One token for every live child of every run, in one forward pass.
     fn step(&mut self, runs: &mut [&mut CausalLmExtend]) -> Result<()> {
         let vocab = self.info.vocab_size;
-        let fed: Vec<Vec<Vec<u32>>> = runs.iter_mut().map(|r| r.draw(vocab)).collect();
+        let fed: Vec<Vec<Vec<u32>>> = runs.iter_mut().map(|r| r.draw(vocab)).collect::<Result<_>>()?;
         let out = {
             let mut segments: Vec<Segment<'_>> = runs
                 .iter_mut()
@@ -371,14 +413,13 @@ impl CausalLmPolicy {
                 .collect();
             self.model.forward_segments(&mut segments, Positions::Last)?
         };
-        let flat: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
-        let hidden: Option<Vec<f32>> =
-            if runs.iter().any(|r| r.with_latents) { Some(out.hidden.flatten_all()?.to_vec1()?) } else { None };
+        // Logits come back to the host only for runs that draw there.
+        let flat: Option<Vec<f32>> = if self.device_sampling { None } else { Some(out.logits.flatten_all()?.to_vec1()?) };
         let mut base = 0;
         for run in runs.iter_mut() {
             run.stats.forward_passes += 1;
             let rows = run.live_rows();
-            run.absorb(self, &out, &flat, hidden.as_deref(), base)?;
+            run.absorb(self, &out, flat.as_deref(), base)?;
             base += rows;
         }
         Ok(())
@@ -395,26 +436,54 @@ pub struct CausalLmExtend {
     with_latents: bool,
     groups: Vec<Group>,
     /// Per live row of every group (groups in order), its next-token logits.
-    row_logits: Vec<Vec<f32>>,
+    row_logits: RowLogits,
     step: usize,
     stats: ExtendStats,
     finished: Vec<Candidate>,
 }
 
+/// The next-token logits of an extension's live rows.
+enum RowLogits {
+    /// Copied to the host, one vector per row.
+    Host(Vec<Vec<f32>>),
+    /// `(rows, vocab)` on the model's device.
+    Device(Tensor),
+}
+
 impl CausalLmExtend {
     /// Draws one token for every live child; returns them per group.
-    fn draw(&mut self, vocab: usize) -> Vec<Vec<u32>> {
-        let mut scratch = Vec::new();
-        let mut biased = vec![0f32; vocab];
+    fn draw(&mut self, vocab: usize) -> Result<Vec<Vec<u32>>> {
+        // Per live row in order: (token, its log-probability).
+        let drawn: Vec<(u32, f32)> = match &self.row_logits {
+            RowLogits::Host(rows) => {
+                let mut scratch = Vec::new();
+                let mut biased = vec![0f32; vocab];
+                let children = self.groups.iter_mut().flat_map(|g| g.children.iter_mut().map(|c| (&g.biases, c)));
+                rows.iter()
+                    .zip(children)
+                    .map(|(logits, (biases, c))| {
+                        let token = draw(logits, biases, &self.sampling, &mut c.rng, &mut biased, &mut scratch);
+                        (token, logits[token as usize] - log_sum_exp(logits))
+                    })
+                    .collect()
+            }
+            RowLogits::Device(logits) => {
+                // Each child's next word of its stream, as the host sampler takes it.
+                let units: Vec<f32> = self.groups.iter_mut().flat_map(|g| g.children.iter_mut().map(|c| c.rng.random::<f32>())).collect();
+                let biases: Vec<&[(u32, f32)]> = self.groups.iter().flat_map(|g| g.children.iter().map(|_| g.biases.as_slice())).collect();
+                let draws = sample_rows(logits, &self.sampling, &units, &biases)?;
+                draws.tokens.into_iter().zip(draws.logprobs).collect()
+            }
+        };
+        let mut drawn = drawn.into_iter();
         let mut row = 0;
         let mut fed = Vec::with_capacity(self.groups.len());
         for g in self.groups.iter_mut() {
             let mut toks = Vec::with_capacity(g.children.len());
             for c in g.children.iter_mut() {
-                let logits = &self.row_logits[row];
+                let (token, logprob) = drawn.next().expect("one draw per live row");
                 row += 1;
-                let token = draw(logits, &g.biases, &self.sampling, &mut c.rng, &mut biased, &mut scratch);
-                c.logprobs.push(logits[token as usize] - log_sum_exp(logits));
+                c.logprobs.push(logprob);
                 c.tokens.push(token);
                 let len = g.prefix.len() + c.tokens.len();
                 c.finish = if self.stop.contains(&token) {
@@ -432,15 +501,36 @@ impl CausalLmExtend {
         }
         self.stats.generated_tokens += row as u64;
         self.step += 1;
-        fed
+        Ok(fed)
     }
 
     /// Takes this run's rows `base..` of a forward pass: the logits are the
-    /// next step's, the hidden states the latents of candidates that end here.
-    fn absorb(&mut self, policy: &mut CausalLmPolicy, out: &ForwardOutput, flat: &[f32], hidden: Option<&[f32]>, base: usize) -> Result<()> {
+    /// next step's (`flat`: all rows' copied to the host, when drawing there), the hidden
+    /// states the latents of candidates that end here.
+    fn absorb(&mut self, policy: &mut CausalLmPolicy, out: &ForwardOutput, flat: Option<&[f32]>, base: usize) -> Result<()> {
         let vocab = policy.info.vocab_size;
-        let dim = policy.info.latent_dim;
-        let mut next_logits = Vec::with_capacity(self.row_logits.len());
+        let device = out.logits.device();
+        // The latents of the rows that end here, copied back in one piece.
+        let mut latents = if self.with_latents {
+            let mut ending = Vec::new();
+            let mut at = base;
+            for c in self.groups.iter().flat_map(|g| &g.children) {
+                if c.finish.is_some() {
+                    ending.push(at as u32);
+                }
+                at += 1;
+            }
+            if ending.is_empty() {
+                Vec::new()
+            } else {
+                out.hidden.index_select(&Tensor::new(ending.as_slice(), device)?, 0)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?
+            }
+        } else {
+            Vec::new()
+        }
+        .into_iter();
+        let mut next_host = Vec::new();
+        let mut next_rows: Vec<u32> = Vec::new();
         let mut base = base;
         for g in self.groups.iter_mut() {
             let n = g.children.len();
@@ -450,10 +540,13 @@ impl CausalLmExtend {
                 match c.finish {
                     None => {
                         keep.push(r);
-                        next_logits.push(flat[at * vocab..(at + 1) * vocab].to_vec());
+                        match flat {
+                            Some(flat) => next_host.push(flat[at * vocab..(at + 1) * vocab].to_vec()),
+                            None => next_rows.push(at as u32),
+                        }
                     }
                     Some(_) => {
-                        let latent = hidden.filter(|_| self.with_latents).map(|h| h[at * dim..(at + 1) * dim].to_vec());
+                        let latent = if self.with_latents { latents.next() } else { None };
                         self.finished.push(policy.candidate(g, c, latent)?);
                     }
                 }
@@ -493,7 +586,11 @@ impl CausalLmExtend {
             base += n;
         }
         self.groups.retain(|g| !g.children.is_empty());
-        self.row_logits = next_logits;
+        self.row_logits = match flat {
+            Some(_) => RowLogits::Host(next_host),
+            None if next_rows.is_empty() => RowLogits::Device(Tensor::zeros((0, vocab), candle_core::DType::F32, device)?),
+            None => RowLogits::Device(out.logits.index_select(&Tensor::new(next_rows.as_slice(), device)?, 0)?),
+        };
         Ok(())
     }
 }
@@ -587,16 +684,17 @@ impl PolicyBackend for CausalLmPolicy {
         starts
             .into_iter()
             .map(|s| {
-                let lse = log_sum_exp(&s.logits);
-                let mut order: Vec<u32> = (0..s.logits.len() as u32).collect();
+                let all: Vec<f32> = s.logits.to_vec1().map_err(|e| RoleError::from(ModelError::from(e)))?;
+                let lse = log_sum_exp(&all);
+                let mut order: Vec<u32> = (0..all.len() as u32).collect();
                 let k = req.k.min(order.len());
-                let by_logit = |a: &u32, b: &u32| s.logits[*b as usize].total_cmp(&s.logits[*a as usize]).then(a.cmp(b));
+                let by_logit = |a: &u32, b: &u32| all[*b as usize].total_cmp(&all[*a as usize]).then(a.cmp(b));
                 if k < order.len() {
                     order.select_nth_unstable_by(k - 1, by_logit);
                 }
                 order.truncate(k);
                 order.sort_unstable_by(by_logit);
-                let logits: Vec<f32> = order.iter().map(|&i| s.logits[i as usize]).collect();
+                let logits: Vec<f32> = order.iter().map(|&i| all[i as usize]).collect();
                 let texts = order.iter().map(|&i| self.codec.detokenize(&[i], false)).collect::<std::result::Result<_, _>>()?;
                 Ok(NextTokens {
                     texts,

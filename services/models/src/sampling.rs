@@ -24,7 +24,9 @@ pub fn log_sum_exp(logits: &[f32]) -> f32 {
     if !max.is_finite() {
         return max;
     }
-    max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln()
+    // Summed in f64: a 49k-term f32 sum is off by ~1e-4, and the device sampler sums in
+    // another order.
+    max + logits.iter().map(|&l| f64::from((l - max).exp())).sum::<f64>().ln() as f32
 }
 
 /// Index of the largest value (first one on ties).
@@ -59,8 +61,14 @@ pub fn sample(logits: &[f32], params: &Sampling, rng: &mut ChaCha8Rng, scratch: 
     sample_with_unit(logits, params, rng.random::<f32>(), scratch)
 }
 
-/// [`sample`] with the draw's uniform number in `[0, 1)` given: the token is the first
-/// one, in the walk order, at which the running mass reaches `unit` times the kept mass.
+/// [`sample`] with the draw's uniform number in `[0, 1)` given.
+///
+/// The token is the first one, in the walk order (token ids for a full softmax, most
+/// likely first for a top-k/top-p head), at which the running mass reaches `unit` times
+/// the kept mass. Masses are summed in f64: summed in any order they agree to ~1e-15, so
+/// [`crate::device_sampling`], which sums in another order, draws the same tokens (in
+/// f32 a 49k-token sum is off by ~1e-5, the mass of a tail token, and about one draw in
+/// a hundred would differ).
 pub fn sample_with_unit(logits: &[f32], params: &Sampling, unit: f32, scratch: &mut Vec<(f32, u32)>) -> u32 {
     if params.temperature <= 0.0 {
         return argmax(logits) as u32;
@@ -70,16 +78,17 @@ pub fn sample_with_unit(logits: &[f32], params: &Sampling, unit: f32, scratch: &
     let cut_k = params.top_k.filter(|&k| k < logits.len());
     if cut_k.is_none() && params.top_p >= 1.0 {
         // Full softmax: one pass for the normaliser, one to find the draw.
-        let total: f32 = logits.iter().map(|&l| ((l - max) * inv_t).exp()).sum();
-        let mut u = unit * total;
+        let total: f64 = logits.iter().map(|&l| f64::from(((l - max) * inv_t).exp())).sum();
+        let target = draw_target(unit, total);
+        let mut acc = 0f64;
         let mut last = 0;
         for (i, &l) in logits.iter().enumerate() {
             let p = ((l - max) * inv_t).exp();
             if p > 0.0 {
                 last = i;
             }
-            u -= p;
-            if u <= 0.0 && p > 0.0 {
+            acc += f64::from(p);
+            if acc >= target {
                 return i as u32;
             }
         }
@@ -88,7 +97,7 @@ pub fn sample_with_unit(logits: &[f32], params: &Sampling, unit: f32, scratch: &
     // Keep the head of the distribution, most likely first.
     scratch.clear();
     scratch.extend(logits.iter().enumerate().map(|(i, &l)| (((l - max) * inv_t).exp(), i as u32)));
-    let total: f32 = scratch.iter().map(|p| p.0).sum();
+    let total: f64 = scratch.iter().map(|p| f64::from(p.0)).sum();
     let by_prob = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
     let mut keep = cut_k.unwrap_or(scratch.len());
     if params.top_p < 1.0 {
@@ -103,34 +112,36 @@ pub fn sample_with_unit(logits: &[f32], params: &Sampling, unit: f32, scratch: &
         let len = scratch.len();
         let head = &mut scratch[..k];
         head.sort_unstable_by(by_prob);
-        let head_mass: f32 = head.iter().map(|p| p.0).sum();
+        // The nucleus: the shortest prefix of the head whose mass reaches top_p of the total.
         let mut n = k;
-        if params.top_p < 1.0 {
-            let target = params.top_p * total;
-            let mut acc = 0.0;
-            n = k;
-            for (i, p) in head.iter().enumerate() {
-                acc += p.0;
-                if acc >= target {
-                    n = i + 1;
-                    break;
-                }
-            }
-            if acc < target && k < len && cut_k.is_none_or(|c| k < c) {
-                keep = (k * 8).min(cut_k.unwrap_or(usize::MAX));
-                continue; // the nucleus is wider than the head: widen and retry
+        let mut mass = 0f64;
+        for (i, p) in head.iter().enumerate() {
+            mass += f64::from(p.0);
+            if params.top_p < 1.0 && mass >= f64::from(params.top_p) * total {
+                n = i + 1;
+                break;
             }
         }
-        let mass: f32 = if n == k { head_mass } else { head[..n].iter().map(|p| p.0).sum() };
-        let mut u = unit * mass;
+        if params.top_p < 1.0 && n == k && mass < f64::from(params.top_p) * total && k < len && cut_k.is_none_or(|c| k < c) {
+            keep = (k * 8).min(cut_k.unwrap_or(usize::MAX));
+            continue; // the nucleus is wider than the head: widen and retry
+        }
+        let target = draw_target(unit, mass);
+        let mut acc = 0f64;
         for p in &head[..n] {
-            u -= p.0;
-            if u <= 0.0 {
+            acc += f64::from(p.0);
+            if acc >= target {
                 return p.1;
             }
         }
         return head[n - 1].1;
     }
+}
+
+/// `unit · mass`, kept within `(0, mass]`: above 0 so a token of zero probability is never
+/// reached, at most `mass` so rounding cannot run past the last token with probability.
+pub(crate) fn draw_target(unit: f32, mass: f64) -> f64 {
+    (f64::from(unit) * mass).max(f64::MIN_POSITIVE).min(mass)
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ fn first_divergence(a: &[u32], b: &[u32]) -> Option<usize> {
 fn cuda_forward_matches_cpu() {
     let Some(cuda) = gpu() else { return };
     let codec = {
-        let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
+        let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS, sampling_on: Default::default() };
         CausalLmPolicy::load(&opts).unwrap().tokenizer().clone()
     };
     let prompt = codec.tokenize(PROMPT, false).unwrap();
@@ -274,7 +274,7 @@ fn compare_extend(label: &str, got: &[Candidate], want: &[Candidate]) -> usize {
 fn cuda_extend_matches_cpu() {
     let Some(cuda) = gpu() else { return };
     let load = |dtype, device: &Device| {
-        CausalLmPolicy::load(&PolicyOptions { model: smollm2().to_path_buf(), dtype, device: device.clone(), prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS })
+        CausalLmPolicy::load(&PolicyOptions { model: smollm2().to_path_buf(), dtype, device: device.clone(), prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS, sampling_on: Default::default() })
             .unwrap()
     };
     let mut cpu = load(WeightDtype::F32, &Device::Cpu);

@@ -1,8 +1,8 @@
 //! The device sampler ([`ig_models::device_sampling`]) against the host sampler
 //! ([`ig_models::sampling`]), run here on candle's CPU device: the same tensor ops a GPU
-//! runs. Same uniform number per row → the same token, except where the two orders of
-//! float additions put the number on different sides of a boundary; the test counts
-//! those and checks the frequencies of the device's draws against the exact distribution.
+//! runs. Same uniform number per row → the same token: both sum masses in f64, so their
+//! different orders of addition could only disagree within ~1e-15 of a boundary between
+//! two tokens. Also the frequencies of the device's draws against the exact distribution.
 
 use candle_core::{Device, Tensor};
 use ig_core::policy::Sampling;
@@ -62,7 +62,7 @@ fn compare(rows: &[Vec<f32>], p: &Sampling, units: &[f32], biases: &[&[(u32, f32
             differ += 1;
             eprintln!("{p:?}: row {r} device {} host {token}", draws.tokens[r]);
         } else {
-            assert!((draws.logprobs[r] - logprob).abs() < 1e-4, "{p:?}: row {r} logprob {} vs {logprob}", draws.logprobs[r]);
+            assert!((draws.logprobs[r] - logprob).abs() < 1e-5, "{p:?}: row {r} logprob {} vs {logprob}", draws.logprobs[r]);
         }
     }
     (differ, draws)
@@ -93,9 +93,7 @@ fn the_device_draws_what_the_host_draws() {
             total += rows.len();
         }
     }
-    eprintln!("{differ} of {total} draws differ from the host's");
-    // Exactly equal but for rounding at a boundary: a handful in thousands at most.
-    assert!(differ * 200 <= total, "{differ} of {total} draws differ");
+    assert_eq!(differ, 0, "{differ} of {total} draws differ from the host's");
 }
 
 #[test]

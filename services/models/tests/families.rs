@@ -183,6 +183,7 @@ fn seeded_sampling_is_reproducible_through_the_policy_for_every_family() {
                 device: Device::Cpu,
                 prefix_cache_bytes: 1 << 20,
                 max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+                sampling_on: Default::default(),
             };
             let mut policy = CausalLmPolicy::load(&opts).unwrap();
             let codec = policy.tokenizer().clone();

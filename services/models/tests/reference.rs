@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use ig_core::policy::{ExtendRequest, PolicyBackend, PrefixSpec, Sampling, TextCodec, WorkControl};
+use ig_core::policy::{Candidate, ExtendRequest, ExtendRun, PolicyBackend, PrefixSpec, Sampling, TextCodec, WorkControl};
 use ig_models::causal_lm::{CausalLm, Positions, WeightDtype};
 use ig_models::policy::{CausalLmPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
 use ig_models::tokenizer::TokenizerCodec;
@@ -134,6 +134,7 @@ fn batched_chunked_latents_equal_a_fresh_prefill() {
         device: Device::Cpu,
         prefix_cache_bytes: 256 << 20,
         max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+        sampling_on: Default::default(),
     };
     let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
@@ -199,6 +200,7 @@ fn same_seed_same_candidates_whatever_the_batch() {
         device: Device::Cpu,
         prefix_cache_bytes: 0,
         max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+        sampling_on: Default::default(),
     };
     let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
@@ -280,7 +282,7 @@ fn safetensors_tied_bf16_matches_transformers() {
 #[test]
 fn runs_batched_together_draw_what_each_draws_alone() {
     use ig_core::policy::{ExtendRun, PolicyBackend};
-    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
+    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS, sampling_on: Default::default() };
     let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let request = |text: &str, children: usize, chunk: usize, seed: u64| ExtendRequest {
@@ -349,7 +351,7 @@ fn runs_batched_together_draw_what_each_draws_alone() {
 fn decoding_from_unedited_latents_redraws_the_extension() {
     use ig_core::policy::{FinishReason, LatentDecodeRequest, LatentItem, TopKRequest};
     use std::collections::HashSet;
-    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
+    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS, sampling_on: Default::default() };
     let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let prompt = codec.tokenize("<|im_start|>user\nTell me a long story about a brave dragon.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
@@ -424,7 +426,7 @@ fn decoding_from_unedited_latents_redraws_the_extension() {
 #[test]
 fn latent_items_together_draw_what_each_draws_alone() {
     use ig_core::policy::{LatentDecodeRequest, LatentItem, TopKRequest};
-    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS };
+    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS, sampling_on: Default::default() };
     let mut policy = CausalLmPolicy::load(&opts).unwrap();
     let codec = policy.tokenizer().clone();
     let never = WorkControl::new(None, &|| false);
@@ -477,6 +479,7 @@ fn prefill_over_the_per_pass_cap_takes_several_passes_to_the_same_state() {
             device: Device::Cpu,
             prefix_cache_bytes: 0,
             max_prefill_tokens,
+            sampling_on: Default::default(),
         })
         .unwrap()
     };
@@ -509,4 +512,94 @@ fn prefill_over_the_per_pass_cap_takes_several_passes_to_the_same_state() {
         let d = max_abs_diff(a.latent.as_ref().unwrap(), b.latent.as_ref().unwrap());
         assert!(d < 1e-3, "latents differ by {d}");
     }
+}
+
+/// Drawing on the device (here candle's CPU device, the same tensor ops a GPU runs) gives
+/// the candidates drawing on the host gives: same tokens, log-probabilities and latents,
+/// for a full softmax, a nucleus with a logit bias, greedy decoding, concurrent runs
+/// sharing forward passes, and a second chunk resumed from the prefix cache.
+#[test]
+fn device_sampling_extends_like_host_sampling() {
+    use ig_models::policy::SamplingOn;
+    let load = |sampling_on| {
+        CausalLmPolicy::load(&PolicyOptions {
+            model: smollm2().to_path_buf(),
+            dtype: WeightDtype::F32,
+            device: Device::Cpu,
+            prefix_cache_bytes: 64 << 20,
+            max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+            sampling_on,
+        })
+        .unwrap()
+    };
+    let (mut host, mut device) = (load(SamplingOn::Host), load(SamplingOn::Device));
+    let codec = host.tokenizer().clone();
+    let a = codec.tokenize("<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
+    let b = codec.tokenize("<|im_start|>user\nTell me about the sea.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
+    let request = |sampling: Sampling, biases: Vec<(u32, f32)>| ExtendRequest {
+        prefixes: vec![
+            PrefixSpec { token_ids: a.clone(), children: 6, logit_biases: vec![], seed: None },
+            PrefixSpec { token_ids: b.clone(), children: 4, logit_biases: biases, seed: Some(3) },
+        ],
+        chunk_tokens: 16,
+        sampling,
+        stop_token_ids: vec![],
+        max_sequence_tokens: 2048,
+        with_latents: true,
+    };
+    let never = WorkControl::new(None, &|| false);
+    let run = |policy: &mut CausalLmPolicy, req: &ExtendRequest| {
+        let mut out = Vec::new();
+        policy.extend(req, &never, &mut |c| out.extend(c)).unwrap();
+        out.sort_by_key(|c| (c.prefix_index, c.child_index));
+        out
+    };
+    let same = |h: &[Candidate], d: &[Candidate], what: &str| {
+        assert_eq!(h.len(), d.len(), "{what}");
+        for (x, y) in h.iter().zip(d) {
+            assert_eq!((x.prefix_index, x.child_index, &x.token_ids), (y.prefix_index, y.child_index, &y.token_ids), "{what}");
+            assert_eq!(x.finish_reason, y.finish_reason, "{what}");
+            let lp = x.token_logprobs.iter().zip(&y.token_logprobs).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(lp < 1e-5, "{what}: log-probabilities differ by {lp}");
+            assert_eq!(x.latent, y.latent, "{what}: the same forward pass gives the same latent");
+        }
+    };
+    let full = request(Sampling { temperature: 1.0, top_p: 1.0, top_k: None, seed: 5 }, vec![]);
+    let nucleus = request(Sampling { temperature: 0.7, top_p: 0.9, top_k: None, seed: 6 }, vec![(28, 4.0), (30, -100.0)]);
+    let greedy = request(Sampling { temperature: 0.0, top_p: 1.0, top_k: None, seed: 0 }, vec![(28, 2.0)]);
+    let top_k = request(Sampling { temperature: 1.2, top_p: 1.0, top_k: Some(20), seed: 7 }, vec![]);
+    for (req, what) in [(&full, "full softmax"), (&nucleus, "nucleus with biases"), (&greedy, "greedy"), (&top_k, "top-k")] {
+        let (h, d) = (run(&mut host, req), run(&mut device, req));
+        same(&h, &d, what);
+        // A second chunk from two of the candidates, resumed from each policy's prefix cache.
+        let next = ExtendRequest {
+            prefixes: h
+                .iter()
+                .take(2)
+                .map(|c| {
+                    let mut t = req.prefixes[c.prefix_index].token_ids.clone();
+                    t.extend_from_slice(&c.token_ids);
+                    PrefixSpec { token_ids: t, children: 3, logit_biases: vec![], seed: None }
+                })
+                .collect(),
+            chunk_tokens: 8,
+            ..req.clone()
+        };
+        same(&run(&mut host, &next), &run(&mut device, &next), what);
+    }
+    // Concurrent runs share forward passes and still draw as they do alone.
+    let mut runs = [device.begin_extend(&full).unwrap(), device.begin_extend(&nucleus).unwrap()];
+    let mut together: Vec<Vec<Candidate>> = vec![Vec::new(), Vec::new()];
+    while runs.iter().any(|r| !r.is_done()) {
+        let mut live: Vec<&mut _> = runs.iter_mut().filter(|r| !r.is_done()).collect();
+        device.step_extends(&mut live).unwrap();
+        for (run, out) in runs.iter_mut().zip(together.iter_mut()) {
+            out.extend(run.take_finished());
+        }
+    }
+    for out in together.iter_mut() {
+        out.sort_by_key(|c| (c.prefix_index, c.child_index));
+    }
+    same(&run(&mut host, &full), &together[0], "full softmax, batched with another run");
+    same(&run(&mut host, &nucleus), &together[1], "nucleus, batched with another run");
 }

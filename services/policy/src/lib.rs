@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use clap::Args;
 use ig_core::policy::{PolicyBackend, PolicyLimits};
 use ig_models::causal_lm::WeightDtype;
-use ig_models::policy::{parse_device, CausalLmPolicy, PolicyOptions, DEFAULT_MAX_PREFILL_TOKENS};
+use ig_models::policy::{parse_device, CausalLmPolicy, PolicyOptions, SamplingOn, DEFAULT_MAX_PREFILL_TOKENS};
 use ig_proto::v1::policy_service_server::PolicyServiceServer;
 use ig_serve::{Engine, ServeOptions};
 use tokio::net::TcpListener;
@@ -41,6 +41,10 @@ pub struct PolicyArgs {
     /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, visible_alias = "policy-device", env = "IG_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Where tokens are drawn: auto (on the device when it is not the CPU), host (logits
+    /// copied back every step) or device (only token ids and log-probs come back).
+    #[arg(long, env = "IG_SAMPLING_ON", default_value = "auto")]
+    pub sampling_on: SamplingOn,
     /// Address to listen on.
     #[arg(long, env = "IG_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -139,6 +143,7 @@ pub fn start_engine(args: &PolicyArgs) -> anyhow::Result<Engine<CausalLmPolicy>>
         device: parse_device(&args.device)?,
         prefix_cache_bytes: args.prefix_cache_mb << 20,
         max_prefill_tokens: args.max_prefill_tokens,
+        sampling_on: args.sampling_on,
     };
     tracing::info!(model = %opts.model.display(), dtype = ?opts.dtype, device = %args.device, "loading the policy model");
     let engine = Engine::spawn("policy", args.queue_depth, move || {
