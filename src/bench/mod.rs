@@ -28,6 +28,7 @@ mod plot;
 mod policy;
 mod scorer;
 mod search;
+mod shaped;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub enum BenchTarget {
     Load(load::LoadBench),
     /// SVG and PNG charts from the JSON files the other benchmarks wrote.
     Plot(plot::PlotArgs),
+    /// Random-weight checkpoints of the paper's shapes (a Llama-3-8B policy, 7B cost and reward models) for the GPU benchmarks.
+    ShapedModels(shaped::ShapedModelsArgs),
     /// Every benchmark with its defaults, JSON files and charts into one directory.
     All(AllArgs),
 }
@@ -74,6 +77,7 @@ pub async fn run(target: BenchTarget, log_format: LogFormat) -> anyhow::Result<(
         BenchTarget::Soak(args) => soak::run(args, log_format).await,
         BenchTarget::Load(args) => load::run(args, log_format).await,
         BenchTarget::Plot(args) => plot::run(args),
+        BenchTarget::ShapedModels(args) => shaped::run(args),
         BenchTarget::All(args) => all(args, log_format).await,
     }
 }

@@ -206,6 +206,7 @@ mod tests {
                 cost_model: "c".into(),
                 reward_model: "r".into(),
                 paths: vec![Via::Mesh, Via::InProcess],
+                placement: "policy on cpu".into(),
             },
             SearchResults {
                 rows: [Via::Mesh, Via::InProcess].into_iter().flat_map(|v| [(8, 32), (16, 32), (8, 64), (16, 64)].map(|(n, d)| search_row(v, n, d))).collect(),

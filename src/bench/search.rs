@@ -124,6 +124,9 @@ pub(crate) struct SearchWorkload {
     pub cost_model: String,
     pub reward_model: String,
     pub paths: Vec<Via>,
+    /// Where each role ran, its dtypes, and where tokens were drawn (absent in older files).
+    #[serde(default)]
+    pub placement: String,
 }
 
 /// Seconds each role was busy.
@@ -265,6 +268,14 @@ pub async fn run(args: SearchBench, log_format: LogFormat) -> anyhow::Result<()>
         cost_model: file_name(&args.scorers.cost_model),
         reward_model: file_name(&args.scorers.reward_model),
         paths: paths.clone(),
+        placement: format!(
+            "policy on {} (sampling on {:?}), scorers {} on {}",
+            args.policy.device,
+            args.policy.sampling_on,
+            format!("{:?}", args.scorers.scorer_dtype).to_lowercase(),
+            args.scorers.scorer_device.as_deref().unwrap_or(&args.policy.device)
+        )
+        .to_lowercase(),
     };
 
     // The mesh's models serve the in-process path too: both run on the same weights and caches.
@@ -367,7 +378,7 @@ fn print_report(report: &Report<SearchWorkload, SearchResults>) {
         &format!("search: seconds per prompt, {}", p.method),
         &format!(
             "N {}, D {}, chunk d {}, K {k}, {} prompt(s), seeds {} (the first warms up), median of {} runs, paths {}; \
-             policy {} ({}), cost {}, reward {}",
+             policy {} ({}), cost {}, reward {}; {}",
             list(&p.samples),
             list(&p.max_new_tokens),
             p.chunk_tokens,
@@ -378,7 +389,8 @@ fn print_report(report: &Report<SearchWorkload, SearchResults>) {
             p.policy_model,
             p.policy_dtype,
             p.cost_model,
-            p.reward_model
+            p.reward_model,
+            p.placement
         ),
     );
     let r = &report.results;

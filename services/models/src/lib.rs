@@ -36,6 +36,7 @@ pub mod prefix_cache;
 pub mod sampling;
 pub mod score_head;
 pub mod scorer;
+pub mod shaped_checkpoint;
 pub mod tiny_checkpoint;
 pub mod tokenizer;
 pub mod two_factor_head;
