@@ -164,7 +164,7 @@ mod tests {
     use crate::bench::soak::{MemorySample, SoakSummary};
 
     fn throughput(dtype: &str, batch: usize, decode: f64) -> ThroughputRow {
-        ThroughputRow { dtype: dtype.into(), batch, prefill_tokens_per_s: 3.0 * decode, decode_tokens_per_s: decode, ms_per_step: 1e3 / decode }
+        ThroughputRow { dtype: dtype.into(), batch, prefill_tokens_per_s: 3.0 * decode, decode_tokens_per_s: decode, ms_per_step: 1e3 / decode, host_sampling_ms: None, device_sampling_ms: None, device_draws_differing: None }
     }
 
     fn search_row(via: Via, samples: usize, max_new_tokens: usize) -> SearchRow {

@@ -8,7 +8,11 @@ use std::time::Instant;
 
 use clap::Args;
 use ig_models::kv_cache::KvCache;
+use ig_core::policy::Sampling;
 use ig_models::causal_lm::{CausalLm, Positions, WeightDtype};
+use ig_models::device_sampling::sample_rows;
+use ig_models::sampling::{rng_at_draw, sample_with_unit};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::llamacpp::{self, PeerRun, PeerWorkload};
@@ -78,6 +82,17 @@ pub(crate) struct ThroughputRow {
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub ms_per_step: f64,
+    /// Drawing one token per row from a step's logits (T = 1, top-p 1, as the search):
+    /// copied to the host and drawn there, ms per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_sampling_ms: Option<f64>,
+    /// The same drawn where the logits are ([`ig_models::device_sampling`]), ms per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_sampling_ms: Option<f64>,
+    /// Of the rows drawn in the measured runs, how many the device drew differently from
+    /// the host (same uniform numbers; see the device sampler's doc), as "k of n".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_draws_differing: Option<String>,
 }
 
 /// Ours, and llama.cpp's when it ran.
@@ -89,9 +104,21 @@ pub(crate) struct PolicyResults {
     pub peer_error: Option<String>,
 }
 
-/// One run: prefill `batch` prompts, then `steps` decode steps; returns
-/// (prefill seconds, decode seconds).
-fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize) -> anyhow::Result<(f64, f64)> {
+/// One run's timings, in seconds.
+struct RunTimes {
+    prefill: f64,
+    decode: f64,
+    /// Summed over the decode steps.
+    host_sampling: f64,
+    device_sampling: f64,
+    /// Rows drawn, and how many the device drew differently from the host.
+    drawn: usize,
+    differing: usize,
+}
+
+/// One run: prefill `batch` prompts, then `steps` decode steps, each step's logits also
+/// sampled on the host and on the device (timed apart from the forward passes).
+fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize, seed: u64) -> anyhow::Result<RunTimes> {
     let mut cache: KvCache = model.new_cache();
     let tokens: Vec<u32> = (0..batch).flat_map(|_| prompt.iter().copied()).collect();
     // A GPU runs asynchronously: each pass is timed until the device has finished it.
@@ -101,14 +128,29 @@ fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize) -> anyh
     model.forward(&tokens, batch, &mut cache, Positions::Last)?;
     device.synchronize()?;
     let prefill = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
+    let (mut decode, mut host_sampling, mut device_sampling, mut differing) = (0.0, 0.0, 0.0, 0);
+    let sampling = Sampling { temperature: 1.0, top_p: 1.0, top_k: None, seed };
+    let no_bias: Vec<&[(u32, f32)]> = vec![&[]; batch];
+    let mut scratch = Vec::new();
     for step in 0..steps {
         // Token ids vary per row and step so no path can short-cut them (the peer uses the same).
         let next: Vec<u32> = (0..batch).map(|r| (100 + r * 7 + step * 13) as u32 % 10_000 + 100).collect();
-        model.forward(&next, batch, &mut cache, Positions::Last)?;
+        let t = Instant::now();
+        let out = model.forward(&next, batch, &mut cache, Positions::Last)?;
+        device.synchronize()?;
+        decode += t.elapsed().as_secs_f64();
+        let units: Vec<f32> = (0..batch).map(|r| rng_at_draw(seed, 0, r, step as u64).random::<f32>()).collect();
+        let t = Instant::now();
+        let flat: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
+        let vocab = flat.len() / batch;
+        let host: Vec<u32> = flat.chunks(vocab).zip(&units).map(|(row, &u)| sample_with_unit(row, &sampling, u, &mut scratch)).collect();
+        host_sampling += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let drawn = sample_rows(&out.logits, &sampling, &units, &no_bias)?;
+        device_sampling += t.elapsed().as_secs_f64();
+        differing += drawn.tokens.iter().zip(&host).filter(|(d, h)| d != h).count();
     }
-    device.synchronize()?;
-    Ok((prefill, t1.elapsed().as_secs_f64()))
+    Ok(RunTimes { prefill, decode, host_sampling, device_sampling, drawn: batch * steps, differing })
 }
 
 pub fn run(args: PolicyBench) -> anyhow::Result<()> {
@@ -126,9 +168,18 @@ pub fn run(args: PolicyBench) -> anyhow::Result<()> {
         let model = if path.is_dir() { CausalLm::from_safetensors_dir(&path, dtype, &device)? } else { CausalLm::from_gguf(&path, dtype, &device)?.0 };
         for &batch in &args.batches {
             bar.set_message(format!("{} batch {batch}", model.weight_dtype()));
-            let times = warm_then_measure(runs, &bar, |_| one_run(&model, batch, &prompt, args.decode_steps))?;
-            let (prefill, decode) = (median(&times.iter().map(|t| t.0).collect::<Vec<_>>()), median(&times.iter().map(|t| t.1).collect::<Vec<_>>()));
+            let times = warm_then_measure(runs, &bar, |run| one_run(&model, batch, &prompt, args.decode_steps, run as u64))?;
+            let med = |f: fn(&RunTimes) -> f64| median(&times.iter().map(f).collect::<Vec<_>>());
+            let (prefill, decode) = (med(|t| t.prefill), med(|t| t.decode));
+            let per_step = |s: f64| Some(s * 1e3 / args.decode_steps as f64);
             ours.push(ThroughputRow {
+                host_sampling_ms: per_step(med(|t| t.host_sampling)),
+                device_sampling_ms: per_step(med(|t| t.device_sampling)),
+                device_draws_differing: Some(format!(
+                    "{} of {}",
+                    times.iter().map(|t| t.differing).sum::<usize>(),
+                    times.iter().map(|t| t.drawn).sum::<usize>()
+                )),
                 dtype: model.weight_dtype().to_string(),
                 batch,
                 prefill_tokens_per_s: (batch * args.prompt_tokens) as f64 / prefill,
@@ -188,9 +239,17 @@ fn print_report(results: &PolicyResults) {
         vec![r.dtype.clone(), r.batch.to_string(), format!("{:.0}", r.prefill_tokens_per_s), format!("{:.1}", r.decode_tokens_per_s), format!("{:.1}", r.ms_per_step)]
     };
     let header = ["dtype", "batch", "prefill tok/s", "decode tok/s", "ms/step"];
-    println!("ours (candle):");
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    println!("ours (candle); sampling one token per row after each step (T 1, top-p 1), timed apart from the forward pass:");
     println!();
-    print_table(&header, &results.ours.iter().map(row).collect::<Vec<_>>());
+    print_table(
+        &["dtype", "batch", "prefill tok/s", "decode tok/s", "ms/step", "host sampling ms/step", "device sampling ms/step", "device draws ≠ host"],
+        &results
+            .ours
+            .iter()
+            .map(|r| [row(r), vec![ms(r.host_sampling_ms), ms(r.device_sampling_ms), r.device_draws_differing.clone().unwrap_or_else(|| "-".into())]].concat())
+            .collect::<Vec<_>>(),
+    );
     if let Some(error) = &results.peer_error {
         println!("llama.cpp peer: {error}");
         println!();
