@@ -1,11 +1,12 @@
-//! `bench shaped-models`: random-weight checkpoints of the paper's model shapes, for
-//! `bench search`, `bench policy` and `bench scorer` on a GPU ([`ig_models::shaped_checkpoint`]):
-//! a Llama-3-8B-shaped policy and 7B-shaped `LlamaForScore` cost and reward models.
+//! `bench shaped-models`: random-weight checkpoints of real model shapes, for `bench
+//! search`, `bench policy` and `bench scorer` on a GPU ([`ig_models::shaped_checkpoint`]):
+//! by default a Llama-3-8B-shaped policy and 7B-shaped `LlamaForScore` cost and reward
+//! models (the paper's sizes).
 
 use std::path::PathBuf;
 
 use clap::Args;
-use ig_models::shaped_checkpoint::{write_shaped_checkpoint, write_shaped_config, ModelShape, ShapedDtype, ShapedHead, LLAMA3_8B, LLAMA_7B};
+use ig_models::shaped_checkpoint::{write_shaped_checkpoint, write_shaped_config, ModelShape, ShapedDtype, ShapedHead};
 
 use super::progress;
 
@@ -14,6 +15,13 @@ pub struct ShapedModelsArgs {
     /// Directory to write `policy/`, `cost/` and `reward/` into (created).
     #[arg(long)]
     out: PathBuf,
+    /// The policy's shape: llama-3-8b (the paper's size) or smollm2-135m (the demo policy's).
+    #[arg(long, default_value = "llama-3-8b")]
+    policy_shape: ModelShape,
+    /// The cost and reward models' shape: llama-7b (the paper's beaver-7b scorers), or
+    /// none to write the policy alone.
+    #[arg(long, default_value = "llama-7b")]
+    scorer_shape: String,
     /// Weight dtype written: bf16 (as the paper's checkpoints ship), f16 or f32.
     #[arg(long, default_value = "bf16")]
     dtype: ShapedDtype,
@@ -31,11 +39,22 @@ pub struct ShapedModelsArgs {
 }
 
 pub fn run(args: ShapedModelsArgs) -> anyhow::Result<()> {
-    let with_layers = |shape: ModelShape| ModelShape { num_layers: args.layers.unwrap_or(shape.num_layers), ..shape };
-    let (policy, scorer) = (with_layers(LLAMA3_8B), with_layers(LLAMA_7B));
-    if policy.num_layers == 0 {
+    if args.layers == Some(0) {
         anyhow::bail!("--layers 0: a model needs at least one block");
     }
+    let with_layers = |shape: &ModelShape| ModelShape { num_layers: args.layers.unwrap_or(shape.num_layers), ..shape.clone() };
+    let policy = with_layers(&args.policy_shape);
+    let scorer = match args.scorer_shape.as_str() {
+        "none" => None,
+        name => Some(name.parse::<ModelShape>().map_err(|e| anyhow::anyhow!("--scorer-shape {e}, or none"))?),
+    };
+    let Some(scorer) = scorer.as_ref().map(with_layers) else {
+        let bar = progress(3 + 9 * policy.num_layers as u64)?;
+        let dir = write_shaped_checkpoint(&policy, ShapedHead::CausalLm, args.dtype, &args.out.join("policy"), args.seed, &|n, _| bar.set_position(n))?;
+        bar.finish_and_clear();
+        println!("policy: {}", dir.display());
+        return Ok(());
+    };
     let bytes = |shape: &ModelShape, head| shape.parameters(&head) as f64 * if args.dtype == ShapedDtype::F32 { 4.0 } else { 2.0 };
     let reward_copies = if args.separate_reward_weights { 2.0 } else { 1.0 };
     let total = bytes(&policy, ShapedHead::CausalLm) + reward_copies * bytes(&scorer, ShapedHead::Score("cost"));

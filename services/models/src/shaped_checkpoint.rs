@@ -74,6 +74,33 @@ pub const LLAMA_7B: ModelShape = ModelShape {
     rope_theta: 10_000.0,
 };
 
+/// SmolLM2-135M-Instruct, the demo policy: 30 layers of width 576, 9 query and 3
+/// key/value heads, 49,152 tokens (its embeddings are tied; here the output layer is its
+/// own matrix, the same work).
+pub const SMOLLM2_135M: ModelShape = ModelShape {
+    name: "smollm2-135m",
+    hidden_size: 576,
+    intermediate_size: 1536,
+    num_layers: 30,
+    num_heads: 9,
+    num_kv_heads: 3,
+    vocab_size: 49_152,
+    max_position_embeddings: 8192,
+    rope_theta: 100_000.0,
+};
+
+/// Every named shape.
+pub const SHAPES: [ModelShape; 3] = [LLAMA3_8B, LLAMA_7B, SMOLLM2_135M];
+
+impl std::str::FromStr for ModelShape {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        SHAPES.iter().find(|m| m.name == s).cloned().ok_or_else(|| {
+            format!("{s:?}: expected one of {}", SHAPES.iter().map(|m| m.name).collect::<Vec<_>>().join(", "))
+        })
+    }
+}
+
 impl ModelShape {
     /// Parameters, embeddings and output layer included.
     pub fn parameters(&self, head: &ShapedHead) -> u64 {
