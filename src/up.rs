@@ -155,7 +155,7 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
     /// Run the mesh secured: a throw-away CA and certificates, mTLS between the orchestrator
-    /// and every role, TLS and a bearer token (printed) on the Guard API.
+    /// and every role, TLS and a bearer token (printed) on the Guard API and the HTTP API.
     #[arg(long)]
     pub tls: bool,
 }
@@ -461,10 +461,10 @@ impl Mesh {
         let registry = registry_dir.path().join("registry.toml");
         std::fs::write(&registry, loopback_registry(scheme, policy_addr, cost_addr, reward_addr, scorers, &extra_costs, &critics))?;
         let mut guard = ig_orchestrator::OrchestratorArgs::with_registry(&registry, guard_addr);
+        // Under --tls the HTTP API speaks TLS with the guard's certificate and token.
         let http = match at.http {
-            // TLS on the HTTP API is not there yet: a secured mesh serves gRPC only.
-            Some(addr) if security.is_none() => Some(bind("OpenAI-compatible HTTP API (--http-listen)", addr).await?),
-            _ => None,
+            Some(addr) => Some(bind("OpenAI-compatible HTTP API (--http-listen)", addr).await?),
+            None => None,
         };
         let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
         if let Some(s) = &security {
@@ -593,7 +593,8 @@ impl Mesh {
         }
         println!("guard   {}  (inferenceguard.v1.GuardService, the public API)", url(self.guard));
         if let Some(http) = self.http {
-            println!("openai  http://{http}/v1  (OpenAI-compatible: chat/completions, completions, models; docs/api.md)");
+            let scheme = if self.security.is_some() { "https" } else { "http" };
+            println!("openai  {scheme}://{http}/v1  (OpenAI-compatible: chat/completions, completions, models; docs/api.md)");
         }
         println!("registry {}", self.registry.display());
         if let Some(s) = &self.security {

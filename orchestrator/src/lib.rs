@@ -178,20 +178,24 @@ pub async fn serve(args: OrchestratorArgs, listener: TcpListener, http: Option<T
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let http_task = match http {
         Some(http) => {
-            if args.tls.tls_cert.is_some() {
-                anyhow::bail!("--http-listen: TLS on the HTTP API is not supported yet; terminate TLS in front of it (an ingress or a sidecar) or leave --tls-cert off");
-            }
             let addr = http.local_addr()?;
             let app = openai::router(server.clone(), auth.clone(), limits.max_message_bytes);
             let mut stopped = stopped.clone();
-            tracing::info!(%addr, "OpenAI-compatible HTTP API listening");
-            Some(tokio::spawn(async move {
-                axum::serve(http, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await
-            }))
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            // The gRPC port's certificate (and client CA, for mTLS) serves HTTPS here too.
+            match ig_serve::tls::ServerTls::from_args_for_http(&args.tls)? {
+                Some(tls) => {
+                    tracing::info!(%addr, "OpenAI-compatible HTTP API listening (TLS)");
+                    let listener = openai::TlsListener::new(http, &tls)?;
+                    Some(tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await }))
+                }
+                None => {
+                    tracing::info!(%addr, "OpenAI-compatible HTTP API listening");
+                    Some(tokio::spawn(async move { axum::serve(http, app).with_graceful_shutdown(stop).await }))
+                }
+            }
         }
         None => None,
     };

@@ -713,3 +713,44 @@ mod tests {
         }
     }
 }
+
+/// The HTTP API's TLS listener for [`axum::serve`]: connections whose handshake completed
+/// ([`ig_serve::tls::ServerTls::incoming`]: each handshake on its own task, bounded in time,
+/// so a client that connects and stalls delays nobody).
+pub struct TlsListener {
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<ig_serve::tls::ServerTlsStream>>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    /// Accepts on `listener` with `tls` (HTTP/2 and HTTP/1.1 offered).
+    pub fn new(listener: tokio::net::TcpListener, tls: &ig_serve::tls::ServerTls) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        Ok(Self { incoming: tls.incoming(listener), local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = ig_serve::tls::ServerTlsStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.local);
+                    return (stream, peer);
+                }
+                // Failed handshakes are logged and counted where they happen.
+                Some(Err(_)) => continue,
+                // The acceptor stopped (it never does while the listener is held): no more
+                // connections.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

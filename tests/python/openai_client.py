@@ -8,6 +8,7 @@ completion (twice, same seed), the same streamed, one with the guard's own param
 """
 import argparse
 import json
+import ssl
 
 import openai
 
@@ -17,9 +18,26 @@ def main() -> int:
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--prompt", default="Give me one tip for sleeping well.")
+    ap.add_argument("--api-key", default="not-needed-without-tokens", help="the orchestrator's bearer token, when it has --auth-tokens")
+    ap.add_argument("--ca", help="PEM CA that verifies an https:// base URL's certificate")
+    ap.add_argument("--quick", action="store_true", help="one chat completion and a wrong key only (the transport's test)")
     args = ap.parse_args()
 
-    client = openai.OpenAI(base_url=args.base_url, api_key="not-needed-without-tokens", max_retries=0, timeout=600)
+    http_client = None
+    if args.ca:
+        http_client = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=args.ca))
+    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=600, http_client=http_client)
+    if args.quick:
+        messages = [{"role": "user", "content": args.prompt}]
+        reply = client.chat.completions.create(model=args.model, messages=messages, max_tokens=4, seed=5, extra_body={"inferenceguard": {"method": "base"}})
+        wrong = openai.OpenAI(base_url=args.base_url, api_key="a-wrong-token-0123456789", max_retries=0, timeout=60, http_client=http_client)
+        try:
+            wrong.models.list()
+            wrong_key = "accepted"
+        except openai.AuthenticationError as e:
+            wrong_key = f"refused {e.status_code}"
+        print(json.dumps({"text": reply.choices[0].message.content, "object": reply.object, "wrong_key": wrong_key}))
+        return 0
     messages = [{"role": "user", "content": args.prompt}]
     guard = {"inferenceguard": {"samples_count": 4, "beam_width": 2, "chunk_tokens": 8}}
     first = client.chat.completions.create(model=args.model, messages=messages, max_tokens=16, seed=5, extra_body=guard)

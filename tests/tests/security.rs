@@ -139,29 +139,32 @@ struct SecuredGuard {
 
 const TOKEN: &str = "the-right-token-0123456789";
 
-async fn secured_guard(reflection: bool) -> SecuredGuard {
+/// `http`: also the OpenAI-compatible HTTP API, under the same certificate and tokens.
+async fn secured_guard(reflection: bool, http: bool) -> SecuredGuard {
     let dir = tempfile::tempdir().unwrap();
     let pki = ThrowawayPki::new(dir.path(), "guard CA").unwrap();
     let (cert, key) = pki.server("guard", &["localhost", "127.0.0.1"]).unwrap();
     let tokens = dir.path().join("tokens.toml");
     std::fs::write(&tokens, format!("[[token]]\nname = \"test-client\"\ntoken = \"{TOKEN}\"\n")).unwrap();
     let roles = common::shared_roles();
-    let guard = common::GuardUnderTest::start_secure(
-        &common::registry_toml(roles, &["minilm-cost"], &[]),
-        |args| {
-            args.tls = ServerTlsArgs { tls_cert: Some(cert), tls_key: Some(key), tls_client_ca: None };
-            args.auth_tokens = Some(tokens);
-            args.reflection = reflection;
-        },
-        Some(client_tls(&pki.ca, None)),
-    )
-    .await;
+    let configure = |args: &mut ig_orchestrator::OrchestratorArgs| {
+        args.tls = ServerTlsArgs { tls_cert: Some(cert), tls_key: Some(key), tls_client_ca: None };
+        args.auth_tokens = Some(tokens);
+        args.reflection = reflection;
+    };
+    let registry = common::registry_toml(roles, &["minilm-cost"], &[]);
+    let tls = Some(client_tls(&pki.ca, None));
+    let guard = if http {
+        common::GuardUnderTest::start_secure_with_http(&registry, configure, tls).await
+    } else {
+        common::GuardUnderTest::start_secure(&registry, configure, tls).await
+    };
     SecuredGuard { guard, ca: pki.ca.clone(), _dir: dir }
 }
 
 #[tokio::test]
 async fn guard_calls_need_a_known_bearer_token_and_health_stays_open() {
-    let s = secured_guard(false).await; // started: its health answered without a token
+    let s = secured_guard(false, false).await; // started: its health answered without a token
     let mut client = s.guard.client.clone();
     for token in [None, Some("not-the-token-0123456789")] {
         let err = client.list_models(with_token(pb::ListModelsRequest::default(), token)).await.unwrap_err();
@@ -196,7 +199,7 @@ async fn guard_calls_need_a_known_bearer_token_and_health_stays_open() {
 
 #[tokio::test]
 async fn python_grpcio_client_over_tls_with_tokens_and_reflection_v1alpha() {
-    let s = secured_guard(true).await;
+    let s = secured_guard(true, false).await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let output = tokio::process::Command::new(std::env::var("IG_PYTHON").unwrap_or_else(|_| "python3".into()))
         .arg(root.join("tests/python/secure_client.py"))
@@ -212,5 +215,36 @@ async fn python_grpcio_client_over_tls_with_tokens_and_reflection_v1alpha() {
     assert_eq!(summary["calls"]["right"]["models"], 3);
     let services: Vec<&str> = summary["reflection_v1alpha"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(services.contains(&"inferenceguard.v1.GuardService") && services.contains(&"grpc.health.v1.Health"), "{services:?}");
+    s.guard.stop().await;
+}
+
+/// The OpenAI-compatible HTTP port under the guard's certificate and tokens: the official
+/// openai SDK reaches it over https with the CA and the token (a wrong token: 401), while a
+/// client that connected and never sent its handshake waits beside it; cleartext HTTP to
+/// the port gets no HTTP answer.
+#[tokio::test]
+async fn the_openai_http_api_speaks_tls_with_the_guards_certificate_and_tokens() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = secured_guard(false, true).await;
+    let http = s.guard.http.expect("the HTTP API");
+    // Connected, silent: its handshake runs on its own task, bounded in time.
+    let _stalled = tokio::net::TcpStream::connect(http).await.unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let output = tokio::process::Command::new(std::env::var("IG_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(root.join("tests/python/openai_client.py"))
+        .args(["--base-url", &format!("https://localhost:{}/v1", http.port()), "--model", "smollm2", "--quick"])
+        .args(["--ca", &s.ca.display().to_string(), "--api-key", TOKEN])
+        .output()
+        .await
+        .expect("python3 must be installed");
+    assert!(output.status.success(), "openai_client.py over https failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["object"], "chat.completion");
+    assert_eq!(summary["wrong_key"], "refused 401");
+    let mut plain = tokio::net::TcpStream::connect(http).await.unwrap();
+    plain.write_all(b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut raw)).await;
+    assert!(!raw.starts_with(b"HTTP/"), "cleartext got an HTTP answer: {}", String::from_utf8_lossy(&raw));
     s.guard.stop().await;
 }

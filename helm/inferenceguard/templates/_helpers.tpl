@@ -337,6 +337,9 @@ the role sets one and does not set IG_THREADS itself.
 {{- if eq $role.kind "orchestrator" }}
 {{- $_ := set $env "IG_REGISTRY" (printf "%s/registry.toml" $root.Values.registry.mountPath) }}
 {{- $_ := set $env "IG_REFLECTION" ($root.Values.auth.reflection | toString) }}
+{{- with $root.Values.ports.openai }}
+{{- $_ := set $env "IG_HTTP_LISTEN" (printf "0.0.0.0:%v" .) }}
+{{- end }}
 {{- with $root.Values.auth.existingSecret }}
 {{- $_ := set $env "IG_AUTH_TOKENS_FILE" (printf "%s/tokens.toml" $root.Values.auth.mountPath) }}
 {{- end }}

@@ -191,6 +191,9 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     }
 }
 
+/// A TLS connection a server accepted.
+pub type ServerTlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
 /// A server's TLS configuration, re-read when its files change. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerTls(Arc<Reloading<ServerConfig>>);
@@ -203,8 +206,22 @@ impl std::fmt::Debug for ServerTls {
 
 impl ServerTls {
     /// The configuration `args` ask for (None: cleartext), loaded now; must be called within
-    /// a tokio runtime (the file watch is a task).
+    /// a tokio runtime (the file watch is a task). It offers HTTP/2 only (gRPC).
     pub fn from_args(args: &ServerTlsArgs) -> anyhow::Result<Option<Self>> {
+        Self::from_args_with(args, build_server)
+    }
+
+    /// [`ServerTls::from_args`] for an HTTP API: HTTP/2 and HTTP/1.1 (what most HTTP
+    /// clients, the OpenAI SDKs among them, speak).
+    pub fn from_args_for_http(args: &ServerTlsArgs) -> anyhow::Result<Option<Self>> {
+        Self::from_args_with(args, |files| {
+            let mut config = build_server(files)?;
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Ok(config)
+        })
+    }
+
+    fn from_args_with(args: &ServerTlsArgs, build: fn(&[Named]) -> Result<ServerConfig, String>) -> anyhow::Result<Option<Self>> {
         let (cert, key) = match (&args.tls_cert, &args.tls_key) {
             (None, None) if args.tls_client_ca.is_some() => anyhow::bail!("--tls-client-ca: needs --tls-cert and --tls-key (mTLS is on top of TLS)"),
             (None, None) => return Ok(None),
@@ -214,7 +231,7 @@ impl ServerTls {
         };
         let mut files = vec![cert, key];
         files.extend(args.tls_client_ca.as_deref().map(|ca| Named::new("--tls-client-ca", ca)));
-        let config = Reloading::load(files, build_server).map_err(anyhow::Error::msg)?;
+        let config = Reloading::load(files, build).map_err(anyhow::Error::msg)?;
         config.watch(RELOAD_POLL);
         Ok(Some(Self(config)))
     }
@@ -233,7 +250,7 @@ impl ServerTls {
     /// in time, so a client that stalls its handshake delays nobody; failed handshakes
     /// (no client certificate, another CA, not TLS at all) are counted and dropped. The
     /// listener closes when the returned stream is dropped.
-    pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<io::Result<ServerTlsStream>> {
         let (tx, rx) = mpsc::channel(64);
         let config = self.0.clone();
         tokio::spawn(async move {

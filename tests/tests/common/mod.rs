@@ -191,6 +191,16 @@ impl GuardUnderTest {
         Self::start_full(registry, configure, tls, false).await
     }
 
+    /// [`GuardUnderTest::start_secure`] serving the OpenAI-compatible HTTP API too (with the
+    /// same certificate when `configure` sets one).
+    pub async fn start_secure_with_http(
+        registry: &str,
+        configure: impl FnOnce(&mut ig_orchestrator::OrchestratorArgs),
+        tls: Option<ig_serve::tls::ClientTls>,
+    ) -> Self {
+        Self::start_full(registry, configure, tls, true).await
+    }
+
     async fn start_full(
         registry: &str,
         configure: impl FnOnce(&mut ig_orchestrator::OrchestratorArgs),
