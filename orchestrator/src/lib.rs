@@ -176,6 +176,12 @@ pub async fn serve(args: OrchestratorArgs, listener: TcpListener, http: Option<T
     };
     let server = GuardServer::new(registry, limits.clone());
     let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let stopping = std::sync::Arc::new(stopping);
+    // The HTTP API drains as the gRPC port does: it accepts for the drain delay after the
+    // shutdown signal, then closes its listener (saying when), and requests in flight get the
+    // drain timeout from then.
+    let (delay, timeout) = (options.drain_delay, options.drain_timeout);
+    let (http_closed_tx, http_closed) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
     let http_task = match http {
         Some(http) => {
             let addr = http.local_addr()?;
@@ -183,6 +189,9 @@ pub async fn serve(args: OrchestratorArgs, listener: TcpListener, http: Option<T
             let mut stopped = stopped.clone();
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;
+                tokio::time::sleep(delay).await;
+                tracing::info!(%addr, "the HTTP API stops accepting; requests in flight get the drain timeout");
+                let _ = http_closed_tx.send(tokio::time::Instant::now());
             };
             // The gRPC port's certificate (and client CA, for mTLS) serves HTTPS here too.
             match ig_serve::tls::ServerTls::from_args_for_http(&args.tls)? {
@@ -206,13 +215,22 @@ pub async fn serve(args: OrchestratorArgs, listener: TcpListener, http: Option<T
         Some(auth) => tonic::service::Routes::new(InterceptedService::new(service, auth)),
         None => tonic::service::Routes::new(service),
     };
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stopping.send(true);
+    let shutdown = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        }
     };
     let served = ig_serve::serve(listener, routes, state, options, shutdown).await;
-    if let Some(task) = http_task {
-        task.abort();
+    if let Some(mut task) = http_task {
+        // Also when the gRPC server ended on its own (an error): the HTTP API stops too.
+        stopping.send_replace(true);
+        let closed_at = http_closed.await.unwrap_or_else(|_| tokio::time::Instant::now());
+        if tokio::time::timeout_at(closed_at + timeout, &mut task).await.is_err() {
+            tracing::warn!(?timeout, "HTTP requests still in flight after the drain timeout are cut");
+            task.abort();
+        }
     }
     served
 }

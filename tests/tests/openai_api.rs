@@ -189,3 +189,35 @@ async fn tokens_admission_unavailable_roles_and_deadlines_map_to_401_429_503_504
     assert_eq!(status, 503);
     g.stop().await;
 }
+
+/// SIGTERM with an HTTP request in flight: the HTTP API drains as the gRPC port does. The
+/// orchestrator stops only once the request has its answer (it waits up to the drain timeout;
+/// it used to return, and its process exit, as soon as the gRPC port had drained), and after
+/// the drain delay new connections are refused.
+#[tokio::test]
+async fn an_http_request_in_flight_at_shutdown_completes_during_the_drain() {
+    let roles = common::shared_roles();
+    let delay = Duration::from_millis(300);
+    let g = common::GuardUnderTest::start_with_http(&common::registry_toml(roles, &["minilm-cost"], &[]), |a| {
+        a.drain = ig_serve::DrainArgs { drain_delay_seconds: delay.as_secs_f64(), drain_timeout_seconds: 120.0 };
+    })
+    .await;
+    let http = g.http.unwrap();
+    let slow = chat(r#", "max_tokens": 192, "seed": 3, "inferenceguard": {"samples_count": 12, "chunk_tokens": 16}"#);
+    let request = tokio::spawn(async move {
+        let started = Instant::now();
+        let answer = exchange(http, "POST", "/v1/chat/completions", &[], &slow).await;
+        (answer, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    g.stop().await; // the shutdown signal, then the drain; returns when the orchestrator has stopped
+    // A stopped orchestrator has answered: its process would exit now and cut the rest.
+    let ((status, json), took) = tokio::time::timeout(Duration::from_secs(2), request)
+        .await
+        .expect("the orchestrator stopped while an HTTP request was still in flight")
+        .unwrap();
+    assert!(took > Duration::from_millis(200) + delay, "the request ended within the drain delay ({took:?}): nothing was shown");
+    assert_eq!(status, 200, "the request in flight was cut: {json}");
+    assert!(json["choices"][0]["message"]["content"].is_string(), "{json}");
+    assert!(TcpStream::connect(http).await.is_err(), "the HTTP API still accepts after it stopped");
+}
