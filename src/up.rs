@@ -342,6 +342,7 @@ impl LoopbackSecurity {
             tls_cert: Some(self.server.0.clone()),
             tls_key: Some(self.server.1.clone()),
             tls_client_ca: mtls.then(|| self.ca.clone()),
+            health_listen: None,
         }
     }
 

@@ -13,8 +13,9 @@ the roles, which neither the chart's schema nor the Kubernetes schema can see:
 - a Deployment that runs ig-orchestrator mounts a registry ConfigMap and points IG_REGISTRY at
   `registry.toml` there;
 - in every Deployment, the IG_LISTEN port, the `grpc` containerPort and the probes' port agree;
-  a container serving TLS (IG_TLS_CERT) has no `grpc:` probe, which the kubelet sends in
-  plaintext; the TLS and token files (IG_TLS_*, IG_AUTH_TOKENS_FILE) lie in mounted Secrets,
+  a container serving TLS (IG_TLS_CERT) has no `grpc:` probe of its TLS port, which the kubelet
+  sends in plaintext, only of its plaintext health port (IG_HEALTH_LISTEN, containerPort
+  `health`); the TLS and token files (IG_TLS_*, IG_AUTH_TOKENS_FILE) lie in mounted Secrets,
   and the certificate and key variables come in pairs;
 - NetworkPolicies that select a role's pods admit the orchestrator's pods on its gRPC port;
 - every namespaced object of a rendered set is in one namespace (a component's object without
@@ -253,14 +254,22 @@ def check_file(path: str) -> list[str]:
             listen = env_value(c, "IG_LISTEN")
             if grpc and listen and not listen.endswith(f":{grpc[0]}"):
                 problems.append(f"Deployment {name}: IG_LISTEN={listen} but the grpc containerPort is {grpc[0]}")
+            health = [p["containerPort"] for p in c.get("ports") or [] if p.get("name") == "health"]
+            health_listen = env_value(c, "IG_HEALTH_LISTEN")
+            if health_listen and not (health and health_listen.endswith(f":{health[0]}")):
+                problems.append(f"Deployment {name}: IG_HEALTH_LISTEN={health_listen} but no containerPort named health has its port")
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 p = c.get(probe) or {}
                 port = (p.get("grpc") or p.get("tcpSocket") or {}).get("port")
-                if grpc and port is not None and port not in (grpc[0], "grpc"):
-                    problems.append(f"Deployment {name}: {probe} checks port {port}, the grpc containerPort is {grpc[0]}")
                 if "grpc" in p and env_value(c, "IG_TLS_CERT"):
-                    problems.append(f"Deployment {name}: {probe} is a grpc: probe, which the kubelet sends in plaintext, "
-                                    "but the container serves TLS (IG_TLS_CERT); use tcpSocket")
+                    # The kubelet sends grpc: probes in plaintext: under TLS only the plaintext
+                    # health port (IG_HEALTH_LISTEN) can answer them.
+                    if not (health_listen and health and port in (health[0], "health")):
+                        problems.append(f"Deployment {name}: {probe} is a grpc: probe of port {port}, which the kubelet sends in "
+                                        "plaintext, but the container serves TLS (IG_TLS_CERT); probe its plaintext health port "
+                                        "(IG_HEALTH_LISTEN, containerPort health) or use tcpSocket")
+                elif grpc and port is not None and port not in (grpc[0], "grpc"):
+                    problems.append(f"Deployment {name}: {probe} checks port {port}, the grpc containerPort is {grpc[0]}")
             for var in FILE_VARS:
                 file = env_value(c, var)
                 if file:

@@ -55,6 +55,7 @@ async fn a_role_with_a_client_ca_accepts_only_clients_of_that_ca() {
         tls_cert: Some(server.0.clone()),
         tls_key: Some(server.1.clone()),
         tls_client_ca: Some(mesh.ca.clone()),
+        health_listen: None,
     })
     .await;
     let url = format!("https://localhost:{}", addr.port());
@@ -92,7 +93,7 @@ async fn rotated_certificates_serve_new_connections_while_calls_in_flight_comple
     let (cert, key) = (served.join("tls.crt"), served.join("tls.key"));
     std::fs::copy(&cert_a, &cert).unwrap();
     std::fs::copy(&key_a, &key).unwrap();
-    let (addr, stop) = scorer_with(ServerTlsArgs { tls_cert: Some(cert.clone()), tls_key: Some(key.clone()), tls_client_ca: None }).await;
+    let (addr, stop) = scorer_with(ServerTlsArgs { tls_cert: Some(cert.clone()), tls_key: Some(key.clone()), ..Default::default() }).await;
     let url = format!("https://localhost:{}", addr.port());
     let old_client = client_tls(&first.ca, None);
     let channel = ig_orchestrator::channel::connect_lazy(&url, Some(&old_client)).unwrap();
@@ -148,7 +149,7 @@ async fn secured_guard(reflection: bool, http: bool) -> SecuredGuard {
     std::fs::write(&tokens, format!("[[token]]\nname = \"test-client\"\ntoken = \"{TOKEN}\"\n")).unwrap();
     let roles = common::shared_roles();
     let configure = |args: &mut ig_orchestrator::OrchestratorArgs| {
-        args.tls = ServerTlsArgs { tls_cert: Some(cert), tls_key: Some(key), tls_client_ca: None };
+        args.tls = ServerTlsArgs { tls_cert: Some(cert), tls_key: Some(key), ..Default::default() };
         args.auth_tokens = Some(tokens);
         args.reflection = reflection;
     };
@@ -247,4 +248,42 @@ async fn the_openai_http_api_speaks_tls_with_the_guards_certificate_and_tokens()
     let _ = tokio::time::timeout(Duration::from_secs(15), plain.read_to_end(&mut raw)).await;
     assert!(!raw.starts_with(b"HTTP/"), "cleartext got an HTTP answer: {}", String::from_utf8_lossy(&raw));
     s.guard.stop().await;
+}
+
+/// A TLS role with `--health-listen` also answers `grpc.health.v1`, alone and in plaintext, on
+/// that port (what a kubelet `grpc:` probe can check), with the statuses of its TLS port:
+/// SERVING once its model is loaded. The role's own API is not served there, and its TLS port
+/// still refuses plaintext.
+#[tokio::test]
+async fn a_tls_role_answers_plaintext_health_alone_on_its_health_port() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ThrowawayPki::new(dir.path(), "mesh CA").unwrap();
+    let (cert, key) = pki.server("scorer", &["localhost"]).unwrap();
+    let health_at = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let tls = ServerTlsArgs { tls_cert: Some(cert), tls_key: Some(key), tls_client_ca: None, health_listen: Some(health_at) };
+    let (addr, stop) = scorer_with(tls).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health_at}")).unwrap().connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let check = tonic_health::pb::HealthCheckRequest { service: "inferenceguard.v1.ScorerService".into() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    loop {
+        if let Ok(r) = health.check(check.clone()).await {
+            let status = r.into_inner().status;
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+            if status == ServingStatus::Serving as i32 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never SERVING on the health port: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut scorer = pb::scorer_service_client::ScorerServiceClient::new(channel);
+    let err = scorer.info(pb::ScorerInfoRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "the role's API on the health port: {err:?}");
+    assert!(reaches(&format!("http://127.0.0.1:{}", addr.port()), None).await.is_err(), "the TLS port answered plaintext");
+    let _ = stop.send(());
 }

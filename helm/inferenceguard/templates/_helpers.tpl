@@ -347,6 +347,7 @@ the role sets one and does not set IG_THREADS itself.
 {{- with $root.Values.tls }}
 {{- if .enabled }}
 {{- $_ := set $env "IG_TLS_CERT" (printf "%s/tls.crt" .mountPath) }}
+{{- $_ := set $env "IG_HEALTH_LISTEN" (printf "0.0.0.0:%v" $root.Values.ports.health) }}
 {{- $_ := set $env "IG_TLS_KEY" (printf "%s/tls.key" .mountPath) }}
 {{- if ternary .guardMtls .mtls (eq $role.kind "orchestrator") }}
 {{- $_ := set $env "IG_TLS_CLIENT_CA" (printf "%s/ca.crt" .mountPath) }}
@@ -376,9 +377,9 @@ the role sets one and does not set IG_THREADS itself.
 gRPC port, with the role's timings or else the chart's. It asks about the role's own service
 (`inferenceguard.v1.PolicyService`, ...), which is NOT_SERVING until the model is loaded and
 while draining; the whole server ("") is SERVING as soon as it listens. `service: ""` asks
-about the whole server instead. With `tls.enabled` it is a `tcpSocket` check of the same port
-instead: the kubelet's `grpc:` probe speaks plaintext HTTP/2 only, and the image carries no
-health-check client that speaks TLS (docs/deploy.md, "Probes under TLS"). */}}
+about the whole server instead. With `tls.enabled` it checks `ports.health` instead, where
+every role serves `grpc.health.v1` alone in plaintext (`IG_HEALTH_LISTEN`): the kubelet's
+`grpc:` probe speaks plaintext HTTP/2 only (docs/deploy.md, "Probes under TLS"). */}}
 {{- define "ig.probe" -}}
 {{- $root := index . 0 }}{{ $role := index . 1 }}{{ $which := index . 2 -}}
 {{- $p := dig $which (dict) ($role.probes | default dict) | default (index $root.Values.probes $which) | deepCopy }}
@@ -388,13 +389,10 @@ health-check client that speaks TLS (docs/deploy.md, "Probes under TLS"). */}}
   "critic" "inferenceguard.v1.CriticService"
   "orchestrator" "inferenceguard.v1.GuardService" }}
 {{- $service := hasKey $p "service" | ternary $p.service (index $services $role.kind) }}
-{{- $port := include "ig.grpcPort" (list $root $role) | int }}
+{{- /* Under TLS the kubelet's grpc probe (plaintext only) checks the plaintext health port. */}}
+{{- $port := ternary $root.Values.ports.health (include "ig.grpcPort" (list $root $role)) $root.Values.tls.enabled | int }}
 {{- $_ := unset $p "service" }}
-{{- if $root.Values.tls.enabled }}
-{{- toYaml (merge (dict "tcpSocket" (dict "port" $port)) $p) }}
-{{- else }}
 {{- $grpc := dict "port" $port }}
 {{- with $service }}{{ $_ := set $grpc "service" . }}{{ end }}
 {{- toYaml (merge (dict "grpc" $grpc) $p) }}
-{{- end }}
 {{- end }}

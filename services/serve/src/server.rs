@@ -35,6 +35,8 @@ pub struct ServeOptions {
     pub tls: Option<crate::tls::ServerTls>,
     /// Whether server reflection (v1 and v1alpha) is served.
     pub reflection: bool,
+    /// Where `grpc.health.v1` alone is also served, in plaintext (probes that speak no TLS).
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServeOptions {
@@ -50,13 +52,14 @@ impl ServeOptions {
             drain_timeout: Duration::from_secs_f64(DRAIN_TIMEOUT_SECONDS),
             tls: None,
             reflection: true,
+            health_listen: None,
         }
     }
 
     /// With the TLS of `tls`'s flags (loads the files now: an error names the flag and the
     /// file).
     pub fn with_tls(self, tls: &crate::tls::ServerTlsArgs) -> anyhow::Result<Self> {
-        Ok(Self { tls: crate::tls::ServerTls::from_args(tls)?, ..self })
+        Ok(Self { tls: crate::tls::ServerTls::from_args(tls)?, health_listen: tls.health_listen, ..self })
     }
 
     /// With the drain of `drain`'s flags.
@@ -147,6 +150,16 @@ pub async fn serve(
     } else {
         (None, None)
     };
+    // Health alone, in plaintext, for probes that speak no TLS: the same statuses.
+    let plain_health = match opts.health_listen {
+        Some(at) => {
+            let health_listener = TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("--health-listen {at}: {e}"))?;
+            tracing::info!(addr = %at, "grpc.health.v1 alone, in plaintext");
+            let server = Server::builder().add_service(health.clone()).serve_with_incoming(TcpListenerStream::new(health_listener));
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
     let addr = listener.local_addr()?;
     let tls = match &opts.tls {
         None => "off",
@@ -199,10 +212,17 @@ pub async fn serve(
             Err(_) => std::future::pending().await,
         }
     };
-    tokio::select! {
-        served = server => served?,
-        _ = cut => tracing::warn!(timeout = ?timeout, "calls still in flight after the drain timeout are cut"),
+    let served = tokio::select! {
+        served = server => served,
+        _ = cut => {
+            tracing::warn!(timeout = ?timeout, "calls still in flight after the drain timeout are cut");
+            Ok(())
+        }
+    };
+    if let Some(task) = plain_health {
+        task.abort();
     }
+    served?;
     match &*state.borrow() {
         EngineState::Failed(m) => Err(anyhow::anyhow!("the model failed to load: {m}")),
         _ => Ok(()),

@@ -51,6 +51,11 @@ pub struct ServerTlsArgs {
     /// may connect (mTLS).
     #[arg(long, env = "IG_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Also serve `grpc.health.v1` alone, in plaintext, on this address: for health checks
+    /// that speak no TLS (Kubernetes' grpc: probes). It tells whether the role is serving,
+    /// nothing else; keep it off the network policy's admitted ports.
+    #[arg(long, env = "IG_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 /// A client's TLS flags (the orchestrator towards the roles, the command line towards the
@@ -469,7 +474,7 @@ mod tests {
         let garbage = write(dir.path(), "garbage.pem", "not pem at all");
         let missing = dir.path().join("missing.crt");
         let server = |c: &Path, k: &Path, ca: Option<&Path>| {
-            ServerTls::from_args(&ServerTlsArgs { tls_cert: Some(c.into()), tls_key: Some(k.into()), tls_client_ca: ca.map(Into::into) })
+            ServerTls::from_args(&ServerTlsArgs { tls_cert: Some(c.into()), tls_key: Some(k.into()), tls_client_ca: ca.map(Into::into), ..Default::default() })
         };
         let cases: Vec<(anyhow::Result<Option<ServerTls>>, String)> = vec![
             (server(&missing, &key, None), format!("--tls-cert {}: ", missing.display())),
@@ -493,7 +498,7 @@ mod tests {
     async fn changed_files_are_picked_up_and_broken_ones_keep_the_last_good_config() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = pair(dir.path(), "a");
-        let tls = ServerTls::from_args(&ServerTlsArgs { tls_cert: Some(cert.clone()), tls_key: Some(key.clone()), tls_client_ca: None }).unwrap().unwrap();
+        let tls = ServerTls::from_args(&ServerTlsArgs { tls_cert: Some(cert.clone()), tls_key: Some(key.clone()), ..Default::default() }).unwrap().unwrap();
         let first = tls.0.current();
         assert!(!tls.reload_if_changed(), "nothing changed");
         // A half-done rotation (a new certificate, the old key): kept as it was.
