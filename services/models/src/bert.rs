@@ -217,24 +217,12 @@ mod tests {
         (ids, types, mask)
     }
 
+    fn norm(t: &Tensor) -> f32 {
+        t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt()
+    }
+
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt();
-        d / b
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt()
+        norm(&(a - b).unwrap()) / norm(b)
     }
 
     #[test]

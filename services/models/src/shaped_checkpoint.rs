@@ -21,6 +21,7 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use safetensors::tensor::{Dtype, View};
 
+use crate::tiny_checkpoint::{added_token, tokenizer_document};
 use crate::{ModelError, Result};
 
 /// The dimensions of a Llama-architecture model.
@@ -248,25 +249,13 @@ fn tokenizer_json(vocab: usize) -> serde_json::Value {
     for i in SHAPED_SPECIALS.len()..vocab {
         ids.insert(format!("w{i}"), serde_json::json!(i));
     }
-    let added: Vec<serde_json::Value> = SHAPED_SPECIALS
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            serde_json::json!({"id": i, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
-                               "normalized": false, "special": true})
-        })
-        .collect();
-    serde_json::json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": ids, "unk_token": "<unk>"}
-    })
+    let added = SHAPED_SPECIALS.iter().enumerate().map(|(i, s)| added_token(i, s, true)).collect();
+    tokenizer_document(
+        added,
+        serde_json::json!({"type": "WhitespaceSplit"}),
+        serde_json::Value::Null,
+        serde_json::json!({"type": "WordLevel", "vocab": ids, "unk_token": "<unk>"}),
+    )
 }
 
 fn config_json(shape: &ModelShape, head: &ShapedHead, dtype: ShapedDtype) -> serde_json::Value {

@@ -133,32 +133,44 @@ pub fn tiny_vocab(size: usize) -> Vec<String> {
     v
 }
 
-fn tokenizer_json(vocab: &[String]) -> serde_json::Value {
-    let ids: serde_json::Map<String, serde_json::Value> =
-        vocab.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
-    let added: Vec<serde_json::Value> = vocab
-        .iter()
-        .enumerate()
-        .skip(258)
-        .map(|(i, t)| {
-            let special = t.starts_with("<|");
-            serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                               "normalized": !special, "special": special})
-        })
-        .collect();
+/// An entry of `added_tokens` in a `tokenizer.json`.
+pub(crate) fn added_token(id: usize, content: &str, special: bool) -> serde_json::Value {
+    serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": !special, "special": special})
+}
+
+/// A `tokenizer.json` document with no normalizer, post-processor, padding or truncation.
+pub(crate) fn tokenizer_document(
+    added: Vec<serde_json::Value>,
+    pre_tokenizer: serde_json::Value,
+    decoder: serde_json::Value,
+    model: serde_json::Value,
+) -> serde_json::Value {
     serde_json::json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": ids, "merges": [["a", "b"], ["s", "a"]]}
+        "decoder": decoder,
+        "model": model
     })
+}
+
+fn tokenizer_json(vocab: &[String]) -> serde_json::Value {
+    let ids: serde_json::Map<String, serde_json::Value> =
+        vocab.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
+    let added = vocab.iter().enumerate().skip(258).map(|(i, t)| added_token(i, t, t.starts_with("<|"))).collect();
+    tokenizer_document(
+        added,
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+        serde_json::json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                           "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                           "vocab": ids, "merges": [["a", "b"], ["s", "a"]]}),
+    )
 }
 
 fn random(rng: &mut ChaCha8Rng, shape: &[usize], scale: f32) -> Result<Tensor> {
