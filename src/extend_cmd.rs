@@ -22,6 +22,9 @@ pub struct ExtendArgs {
     /// Also score each child with this reward scorer (e.g. http://127.0.0.1:50053).
     #[arg(long)]
     pub reward: Option<String>,
+    /// TLS towards https:// roles (mTLS: the client certificate the roles require).
+    #[command(flatten)]
+    pub tls: ig_serve::tls::ClientTlsArgs,
 }
 
 /// How many children to draw and how.
@@ -45,10 +48,11 @@ pub struct SampleArgs {
 }
 
 pub async fn run(args: ExtendArgs) -> anyhow::Result<()> {
-    let client = PolicyClient::connect_lazy(&args.policy, None)?;
+    let tls = ig_serve::tls::ClientTls::from_args(&args.tls)?;
+    let client = PolicyClient::connect_lazy(&args.policy, tls.as_ref())?;
     client.wait_ready(Duration::from_secs(30)).await?;
     let scorers = match (&args.cost, &args.reward) {
-        (Some(c), Some(r)) => Some((ScorerClient::connect_lazy(c, None)?, ScorerClient::connect_lazy(r, None)?)),
+        (Some(c), Some(r)) => Some((ScorerClient::connect_lazy(c, tls.as_ref())?, ScorerClient::connect_lazy(r, tls.as_ref())?)),
         (None, None) => None,
         _ => anyhow::bail!("--cost and --reward go together"),
     };

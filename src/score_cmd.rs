@@ -17,10 +17,14 @@ pub struct ScoreArgs {
     /// Scorer endpoint (the cost model listens on 50052 and the reward model on 50053 under `up`).
     #[arg(long, env = "IG_SCORER", default_value = "http://127.0.0.1:50052")]
     pub scorer: String,
+    /// TLS towards an https:// scorer (mTLS: the client certificate the role requires).
+    #[command(flatten)]
+    pub tls: ig_serve::tls::ClientTlsArgs,
 }
 
 pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
-    let client = ScorerClient::connect_lazy(&args.scorer, None)?;
+    let tls = ig_serve::tls::ClientTls::from_args(&args.tls)?;
+    let client = ScorerClient::connect_lazy(&args.scorer, tls.as_ref())?;
     client.wait_ready(Duration::from_secs(30)).await?;
     let info = client.info().await?;
     let score = client.score(&[(args.prompt.as_str(), args.response.as_str())]).await?[0];

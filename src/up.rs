@@ -902,6 +902,12 @@ mod tests {
         let cleartext = GuardClient::connect_lazy(&format!("http://{}", mesh.guard), None).unwrap();
         assert!(cleartext.wait_ready(Duration::from_secs(3)).await.is_err());
         assert!(mesh.generate_hint().contains("--tls-ca") && mesh.generate_hint().contains("--token"));
+        // The debug tools reach a role over mTLS with the mesh's client certificate.
+        let s = mesh.security.as_ref().unwrap();
+        let tls = ig_serve::tls::ClientTlsArgs { tls_ca: Some(s.ca.clone()), tls_client_cert: Some(s.client.0.clone()), tls_client_key: Some(s.client.1.clone()) };
+        let score = |tls| crate::score_cmd::ScoreArgs { prompt: "How do I bake bread?".into(), response: "Mix flour and water.".into(), scorer: mesh.url(mesh.cost), tls };
+        crate::score_cmd::run(score(tls)).await.unwrap();
+        assert!(crate::score_cmd::run(score(Default::default())).await.is_err(), "an https:// scorer without --tls-ca");
         mesh.stop().await.unwrap();
     }
 }
