@@ -374,6 +374,8 @@ async fn reflection_lists_the_policy_service() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"inferenceguard.v1.PolicyService".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    // Only what this server serves: not the other roles' services.
+    assert!(!names.iter().any(|n| n.ends_with("GuardService") || n.ends_with("ScorerService") || n.ends_with("CriticService")), "{names:?}");
     s.stop().await;
 }
 

@@ -140,10 +140,13 @@ pub async fn serve(
     });
     // Both reflection versions: grpcurl and most tools speak v1, Python's grpcio-reflection
     // only v1alpha.
+    // Each server lists only what it serves (the descriptor sets hold every role's services).
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ig_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        opts.service_names.iter().fold(builder, |b, name| b.with_service_name(*name))
     };
     let (reflection_v1, reflection_v1alpha) = if opts.reflection {
         (Some(reflection().build_v1()?), Some(reflection().build_v1alpha()?))
