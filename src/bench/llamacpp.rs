@@ -123,6 +123,7 @@ pub fn run(w: &PeerWorkload<'_>) -> anyhow::Result<PeerRun> {
                 prefill_tokens_per_s: l.prefill_tokens_per_s,
                 decode_tokens_per_s: l.decode_tokens_per_s,
                 ms_per_step: l.ms_per_step,
+                beams_ms_per_step: None,
                 host_sampling_ms: None,
                 device_sampling_ms: None,
                 device_draws_differing: None,

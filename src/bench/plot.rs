@@ -164,7 +164,7 @@ mod tests {
     use crate::bench::soak::{MemorySample, SoakSummary};
 
     fn throughput(dtype: &str, batch: usize, decode: f64) -> ThroughputRow {
-        ThroughputRow { dtype: dtype.into(), batch, prefill_tokens_per_s: 3.0 * decode, decode_tokens_per_s: decode, ms_per_step: 1e3 / decode, host_sampling_ms: None, device_sampling_ms: None, device_draws_differing: None }
+        ThroughputRow { dtype: dtype.into(), batch, prefill_tokens_per_s: 3.0 * decode, decode_tokens_per_s: decode, ms_per_step: 1e3 / decode, beams_ms_per_step: None, host_sampling_ms: None, device_sampling_ms: None, device_draws_differing: None }
     }
 
     fn search_row(via: Via, samples: usize, max_new_tokens: usize) -> SearchRow {
@@ -178,7 +178,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let policy = Report::new(
             "policy",
-            PolicyWorkload { model: "m.gguf".into(), dtypes: vec!["q8_0".into(), "f32".into()], batches: vec![1, 8, 32], prompt_tokens: 64, decode_steps: 16, runs: 1, device: "cpu".into() },
+            PolicyWorkload { model: "m.gguf".into(), dtypes: vec!["q8_0".into(), "f32".into()], batches: vec![1, 8, 32], prompt_tokens: 64, decode_steps: 16, runs: 1, beam_rows: 4, device: "cpu".into() },
             PolicyResults {
                 ours: [1, 8, 32].into_iter().flat_map(|b| [throughput("q8_0", b, 50.0), throughput("f32", b, 20.0 * b as f64)]).collect(),
                 peer: Some(PeerRun { engine: "llama.cpp".into(), system_info: String::new(), threads: 2, rows: vec![throughput("as stored", 1, 60.0), throughput("as stored", 8, 200.0), throughput("as stored", 32, 400.0)] }),

@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::Args;
 use ig_models::kv_cache::KvCache;
 use ig_core::policy::Sampling;
-use ig_models::causal_lm::{CausalLm, Positions, WeightDtype};
+use ig_models::causal_lm::{CausalLm, Positions, Segment, WeightDtype};
 use ig_models::device_sampling::sample_rows;
 use ig_models::sampling::{rng_at_draw, sample_with_unit};
 use rand::Rng;
@@ -38,6 +38,11 @@ pub struct PolicyBench {
     /// Measured runs per cell (median reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Also time each decode step with the batch split into beams of this
+    /// many rows, each with its own KV cache (its own attention kernels), as a
+    /// search's beams would run without sharing a batch (0: off).
+    #[arg(long, default_value_t = 4)]
+    beam_rows: usize,
     /// Device: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -66,6 +71,8 @@ pub(crate) struct PolicyWorkload {
     pub prompt_tokens: usize,
     pub decode_steps: usize,
     pub runs: usize,
+    #[serde(default)]
+    pub beam_rows: usize,
     #[serde(default = "cpu")]
     pub device: String,
 }
@@ -82,6 +89,10 @@ pub(crate) struct ThroughputRow {
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub ms_per_step: f64,
+    /// The same decode steps with the rows split into beams of `beam_rows` rows, each its
+    /// own segment and cache: ms per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beams_ms_per_step: Option<f64>,
     /// Drawing one token per row from a step's logits (T = 1, top-p 1, as the search):
     /// copied to the host and drawn there, ms per step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +119,8 @@ pub(crate) struct PolicyResults {
 struct RunTimes {
     prefill: f64,
     decode: f64,
+    /// The decode steps with the batch split into beams, when asked.
+    beams_decode: Option<f64>,
     /// Summed over the decode steps.
     host_sampling: f64,
     device_sampling: f64,
@@ -117,8 +130,9 @@ struct RunTimes {
 }
 
 /// One run: prefill `batch` prompts, then `steps` decode steps, each step's logits also
-/// sampled on the host and on the device (timed apart from the forward passes).
-fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize, seed: u64) -> anyhow::Result<RunTimes> {
+/// sampled on the host and on the device (timed apart from the forward passes); with
+/// `beam_rows` below the batch, the same steps again with the rows split into beams.
+fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize, beam_rows: usize, seed: u64) -> anyhow::Result<RunTimes> {
     let mut cache: KvCache = model.new_cache();
     let tokens: Vec<u32> = (0..batch).flat_map(|_| prompt.iter().copied()).collect();
     // A GPU runs asynchronously: each pass is timed until the device has finished it.
@@ -128,6 +142,14 @@ fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize, seed: u
     model.forward(&tokens, batch, &mut cache, Positions::Last)?;
     device.synchronize()?;
     let prefill = t0.elapsed().as_secs_f64();
+    let split = beam_rows > 0 && beam_rows < batch;
+    let mut beams: Vec<KvCache> = if split {
+        let rows: Vec<usize> = (0..batch).collect();
+        rows.chunks(beam_rows).map(|r| cache.select_rows(r)).collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let mut beams_decode = split.then_some(0.0);
     let (mut decode, mut host_sampling, mut device_sampling, mut differing) = (0.0, 0.0, 0.0, 0);
     let sampling = Sampling { temperature: 1.0, top_p: 1.0, top_k: None, seed };
     let no_bias: Vec<&[(u32, f32)]> = vec![&[]; batch];
@@ -139,6 +161,14 @@ fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize, seed: u
         let out = model.forward(&next, batch, &mut cache, Positions::Last)?;
         device.synchronize()?;
         decode += t.elapsed().as_secs_f64();
+        if let Some(total) = beams_decode.as_mut() {
+            let mut segments: Vec<Segment<'_>> =
+                beams.iter_mut().zip(next.chunks(beam_rows)).map(|(cache, tokens)| Segment { tokens, rows: tokens.len(), cache }).collect();
+            let t = Instant::now();
+            model.forward_segments(&mut segments, Positions::Last)?;
+            device.synchronize()?;
+            *total += t.elapsed().as_secs_f64();
+        }
         let units: Vec<f32> = (0..batch).map(|r| rng_at_draw(seed, 0, r, step as u64).random::<f32>()).collect();
         let t = Instant::now();
         let flat: Vec<f32> = out.logits.flatten_all()?.to_vec1()?;
@@ -150,7 +180,7 @@ fn one_run(model: &CausalLm, batch: usize, prompt: &[u32], steps: usize, seed: u
         device_sampling += t.elapsed().as_secs_f64();
         differing += drawn.tokens.iter().zip(&host).filter(|(d, h)| d != h).count();
     }
-    Ok(RunTimes { prefill, decode, host_sampling, device_sampling, drawn: batch * steps, differing })
+    Ok(RunTimes { prefill, decode, beams_decode, host_sampling, device_sampling, drawn: batch * steps, differing })
 }
 
 pub fn run(args: PolicyBench) -> anyhow::Result<()> {
@@ -168,11 +198,13 @@ pub fn run(args: PolicyBench) -> anyhow::Result<()> {
         let model = if path.is_dir() { CausalLm::from_safetensors_dir(&path, dtype, &device)? } else { CausalLm::from_gguf(&path, dtype, &device)?.0 };
         for &batch in &args.batches {
             bar.set_message(format!("{} batch {batch}", model.weight_dtype()));
-            let times = warm_then_measure(runs, &bar, |run| one_run(&model, batch, &prompt, args.decode_steps, run as u64))?;
+            let times = warm_then_measure(runs, &bar, |run| one_run(&model, batch, &prompt, args.decode_steps, args.beam_rows, run as u64))?;
             let med = |f: fn(&RunTimes) -> f64| median(&times.iter().map(f).collect::<Vec<_>>());
             let (prefill, decode) = (med(|t| t.prefill), med(|t| t.decode));
             let per_step = |s: f64| Some(s * 1e3 / args.decode_steps as f64);
+            let beams = times.iter().map(|t| t.beams_decode).collect::<Option<Vec<_>>>().map(|v| median(&v));
             ours.push(ThroughputRow {
+                beams_ms_per_step: beams.and_then(per_step),
                 host_sampling_ms: per_step(med(|t| t.host_sampling)),
                 device_sampling_ms: per_step(med(|t| t.device_sampling)),
                 device_draws_differing: Some(format!(
@@ -214,6 +246,7 @@ pub fn run(args: PolicyBench) -> anyhow::Result<()> {
         prompt_tokens: args.prompt_tokens,
         decode_steps: args.decode_steps,
         runs,
+        beam_rows: args.beam_rows,
         device: ig_models::policy::device_name(&device),
     };
     let report = Report::new("policy", params, PolicyResults { ours, peer, peer_error });
@@ -230,24 +263,32 @@ pub fn run(args: PolicyBench) -> anyhow::Result<()> {
             p.runs
         ),
     );
-    print_report(&report.results);
+    print_report(&report.results, p.beam_rows);
     report.write(args.json.as_deref())
 }
 
-fn print_report(results: &PolicyResults) {
+fn print_report(results: &PolicyResults, beam_rows: usize) {
     let row = |r: &ThroughputRow| {
         vec![r.dtype.clone(), r.batch.to_string(), format!("{:.0}", r.prefill_tokens_per_s), format!("{:.1}", r.decode_tokens_per_s), format!("{:.1}", r.ms_per_step)]
     };
     let header = ["dtype", "batch", "prefill tok/s", "decode tok/s", "ms/step"];
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-    println!("ours (candle); sampling one token per row after each step (T 1, top-p 1), timed apart from the forward pass:");
+    println!("ours (candle); sampling one token per row after each step (T 1, top-p 1), timed apart from the forward pass;");
+    println!("\"as beams\": the same steps with the rows split into beams of {beam_rows} rows, each its own KV cache:");
     println!();
+    let beams_header = format!("ms/step as beams of {beam_rows}");
     print_table(
-        &["dtype", "batch", "prefill tok/s", "decode tok/s", "ms/step", "host sampling ms/step", "device sampling ms/step", "device draws ≠ host"],
+        &["dtype", "batch", "prefill tok/s", "decode tok/s", "ms/step", &beams_header, "host sampling ms/step", "device sampling ms/step", "device draws ≠ host"],
         &results
             .ours
             .iter()
-            .map(|r| [row(r), vec![ms(r.host_sampling_ms), ms(r.device_sampling_ms), r.device_draws_differing.clone().unwrap_or_else(|| "-".into())]].concat())
+            .map(|r| {
+                [
+                    row(r),
+                    vec![ms(r.beams_ms_per_step), ms(r.host_sampling_ms), ms(r.device_sampling_ms), r.device_draws_differing.clone().unwrap_or_else(|| "-".into())],
+                ]
+                .concat()
+            })
             .collect::<Vec<_>>(),
     );
     if let Some(error) = &results.peer_error {

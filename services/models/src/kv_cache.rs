@@ -119,6 +119,53 @@ impl KvCache {
         self.select_rows_reserving(&vec![0; n], extra)
     }
 
+    /// One cache holding, in order, rows `rows` of each part, with room for
+    /// `extra` more positions per row: the children of several prefixes,
+    /// decoded as one batch. The parts must have the same length.
+    pub fn gather(parts: &[(&KvCache, &[usize])], extra: usize) -> Result<Self> {
+        let [(first, first_rows), rest @ ..] = parts else {
+            return Err(ModelError::Shape("a gather of no caches".into()));
+        };
+        if rest.is_empty() {
+            return first.select_rows_reserving(first_rows, extra);
+        }
+        let (len, layers) = (first.len, first.layers.len());
+        if let Some((c, _)) = rest.iter().find(|(c, _)| c.len != len || c.layers.len() != layers) {
+            return Err(ModelError::Shape(format!(
+                "caches of {} positions and {} layers gathered with one of {len} and {layers}",
+                c.len,
+                c.layers.len()
+            )));
+        }
+        if let Some(&bad) = parts.iter().flat_map(|(c, rows)| rows.iter().filter(|&&r| r >= c.rows.max(1))).next() {
+            return Err(ModelError::Shape(format!("row {bad} beyond a gathered cache's rows")));
+        }
+        let rows = parts.iter().map(|(_, rows)| rows.len()).sum();
+        if len == 0 {
+            return Ok(Self { layers: Arc::new(vec![None; layers]), rows, len: 0, capacity: 0 });
+        }
+        let device = first.device()?;
+        let indices = parts
+            .iter()
+            .map(|(_, rows)| Ok(Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &device)?))
+            .collect::<Result<Vec<_>>>()?;
+        let capacity = len + extra;
+        // Each part's rows picked whole, cut to `len`, then stacked and copied into room for `extra`.
+        let stack = |l: usize, pick: fn(&(Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
+            let pieces = parts
+                .iter()
+                .zip(&indices)
+                .map(|((c, _), idx)| {
+                    let buffers = c.layers[l].as_ref().ok_or_else(|| ModelError::Shape(format!("layer {l} missing from a filled cache")))?;
+                    Ok(pick(buffers).index_select(idx, 0)?.narrow(2, 0, len)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Self::with_capacity(&Tensor::cat(&pieces, 0)?, capacity)
+        };
+        let merged = (0..layers).map(|l| Ok(Some((stack(l, |(k, _)| k)?, stack(l, |(_, v)| v)?)))).collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers: Arc::new(merged), rows, len, capacity })
+    }
+
     /// `data` (`(rows, heads, len, dim)`, contiguous) copied into a buffer of
     /// `capacity >= len` positions.
     fn with_capacity(data: &Tensor, capacity: usize) -> Result<Tensor> {
@@ -250,6 +297,21 @@ mod tests {
             c.append(layer, new.clone(), new.clone())?;
         }
         c.advance(c.rows(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn gathered_rows_of_several_caches_form_one_batch() -> Result<()> {
+        let (a, b) = (filled(1, 2)?, filled(3, 2)?);
+        let mut both = KvCache::gather(&[(&a, &[0, 0]), (&b, &[2, 1])], 3)?;
+        assert_eq!((both.rows(), both.len(), both.capacity()), (4, 2, 5));
+        assert_eq!(keys(&both, 1), vec![vec![0., 1.], vec![0., 1.], vec![200., 201.], vec![100., 101.]]);
+        append_row_values(&mut both, 5.)?;
+        assert_eq!(keys(&both, 0)[3], vec![100., 101., 5.]);
+        assert_eq!(keys(&b, 0)[1], vec![100., 101.], "the sources are untouched");
+        assert!(KvCache::gather(&[(&a, &[0]), (&filled(1, 3)?, &[0])], 0).is_err(), "lengths differ");
+        assert!(KvCache::gather(&[(&a, &[0]), (&b, &[3])], 0).is_err(), "row out of range");
+        assert!(KvCache::gather(&[], 0).is_err());
         Ok(())
     }
 

@@ -128,19 +128,72 @@ struct Start {
 /// One child being generated.
 struct Child {
     index: usize,
+    /// Its row of its batch's cache.
+    row: usize,
     rng: ChaCha8Rng,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
     finish: Option<FinishReason>,
 }
 
-/// The live children of one prefix, aligned with the rows of `kv`.
+/// The live children of one prefix.
 struct Group {
     prefix_index: usize,
     prefix: Arc<[u32]>,
-    kv: KvCache,
     children: Vec<Child>,
     biases: Vec<(u32, f32)>,
+}
+
+/// Children decoded together as the rows of one KV cache. Adjacent prefixes
+/// whose states have the same length (the beams of a search step) share a
+/// batch, so a decoding step runs one attention per layer for all their
+/// children, not one per prefix: on a GPU the kernel launches per prefix,
+/// not the arithmetic, bound the search. The row of a child that ended stays,
+/// fed a placeholder token, until the ended rows are worth a copy to drop
+/// ([`COMPACT_WHEN_ENDED_PER_LIVE`]).
+struct Batch {
+    kv: KvCache,
+    groups: Vec<Group>,
+}
+
+/// A batch is compacted once its ended rows reach one per this many live
+/// rows: few enough wasted rows per step, few enough copies of the cache
+/// (each copies every live row's keys and values).
+const COMPACT_WHEN_ENDED_PER_LIVE: usize = 8;
+
+impl Batch {
+    /// One batch of adjacent prefixes' children, each prefix's state forked
+    /// into its children, with room for `extra` more positions.
+    fn fork(parts: Vec<(KvCache, Group)>, extra: usize) -> Result<Self> {
+        let most = parts.iter().map(|(_, g)| g.children.len()).max().unwrap_or(0);
+        let first_rows = vec![0; most];
+        let sources: Vec<(&KvCache, &[usize])> = parts.iter().map(|(kv, g)| (kv, &first_rows[..g.children.len()])).collect();
+        let kv = KvCache::gather(&sources, extra)?;
+        let mut groups: Vec<Group> = parts.into_iter().map(|(_, g)| g).collect();
+        for (row, c) in groups.iter_mut().flat_map(|g| g.children.iter_mut()).enumerate() {
+            c.row = row;
+        }
+        Ok(Self { kv, groups })
+    }
+
+    fn live_rows(&self) -> usize {
+        self.groups.iter().map(|g| g.children.len()).sum()
+    }
+
+    /// Drops the rows of ended children when they are worth a copy.
+    fn compact(&mut self) -> Result<()> {
+        let live = self.live_rows();
+        let ended = self.kv.rows() - live;
+        if live == 0 || ended == 0 || ended * COMPACT_WHEN_ENDED_PER_LIVE < live {
+            return Ok(());
+        }
+        let rows: Vec<usize> = self.groups.iter().flat_map(|g| g.children.iter().map(|c| c.row)).collect();
+        self.kv = self.kv.select_rows(&rows)?;
+        for (row, c) in self.groups.iter_mut().flat_map(|g| g.children.iter_mut()).enumerate() {
+            c.row = row;
+        }
+        Ok(())
+    }
 }
 
 impl CausalLmPolicy {
@@ -355,24 +408,26 @@ impl CausalLmPolicy {
         let mut stats = ExtendStats::default();
         let sequences: Vec<&[u32]> = req.prefixes.iter().map(|p| p.token_ids.as_slice()).collect();
         let starts = self.start_states(&sequences, &mut stats)?;
-        let mut groups = Vec::with_capacity(req.prefixes.len());
+        let mut batches = Vec::new();
+        let mut pending: Vec<(KvCache, Group)> = Vec::new();
         let mut host_logits: Vec<Vec<f32>> = Vec::new();
         let mut device_logits: Vec<Tensor> = Vec::new();
         for (i, (p, start)) in req.prefixes.iter().zip(starts).enumerate() {
-            // Room for the whole chunk now, so decoding writes in place.
-            let kv = start.kv.expand(p.children, req.chunk_tokens)?;
+            if p.children == 0 {
+                return Err(ModelError::Shape(format!("prefix {i} asks for no children")));
+            }
             if self.device_sampling {
                 device_logits.push(start.logits.unsqueeze(0)?.repeat((p.children, 1))?);
             } else {
                 host_logits.extend(std::iter::repeat_n(start.logits.to_vec1()?, p.children));
             }
-            groups.push(Group {
+            let group = Group {
                 prefix_index: i,
                 prefix: Arc::from(p.token_ids.as_slice()),
-                kv,
                 children: (0..p.children)
                     .map(|c| Child {
                         index: c,
+                        row: 0,
                         rng: match p.seed {
                             Some(seed) => child_rng(seed, 0, c),
                             None => child_rng(req.sampling.seed, i, c),
@@ -383,7 +438,15 @@ impl CausalLmPolicy {
                     })
                     .collect(),
                 biases: p.logit_biases.clone(),
-            });
+            };
+            if pending.last().is_some_and(|(kv, _)| kv.len() != start.kv.len()) {
+                // Room for the whole chunk now, so decoding writes in place.
+                batches.push(Batch::fork(std::mem::take(&mut pending), req.chunk_tokens)?);
+            }
+            pending.push((start.kv, group));
+        }
+        if !pending.is_empty() {
+            batches.push(Batch::fork(pending, req.chunk_tokens)?);
         }
         Ok(CausalLmExtend {
             stop: self.info.eos_token_ids.iter().chain(&req.stop_token_ids).copied().collect(),
@@ -391,7 +454,7 @@ impl CausalLmPolicy {
             chunk_tokens: req.chunk_tokens,
             max_sequence_tokens: req.max_sequence_tokens,
             with_latents: req.with_latents,
-            groups,
+            batches,
             row_logits: if self.device_sampling { RowLogits::Device(Tensor::cat(&device_logits, 0)?) } else { RowLogits::Host(host_logits) },
             step: 0,
             stats,
@@ -408,7 +471,7 @@ impl CausalLmPolicy {
                 .iter_mut()
                 .zip(&fed)
                 .flat_map(|(r, fed)| {
-                    r.groups.iter_mut().zip(fed).map(|(g, toks)| Segment { tokens: toks, rows: toks.len(), cache: &mut g.kv })
+                    r.batches.iter_mut().zip(fed).map(|(b, toks)| Segment { tokens: toks, rows: toks.len(), cache: &mut b.kv })
                 })
                 .collect();
             self.model.forward_segments(&mut segments, Positions::Last)?
@@ -418,7 +481,7 @@ impl CausalLmPolicy {
         let mut base = 0;
         for run in runs.iter_mut() {
             run.stats.forward_passes += 1;
-            let rows = run.live_rows();
+            let rows = run.fed_rows();
             run.absorb(self, &out, flat.as_deref(), base)?;
             base += rows;
         }
@@ -434,8 +497,8 @@ pub struct CausalLmExtend {
     chunk_tokens: usize,
     max_sequence_tokens: usize,
     with_latents: bool,
-    groups: Vec<Group>,
-    /// Per live row of every group (groups in order), its next-token logits.
+    batches: Vec<Batch>,
+    /// Per live child (batches, groups and children in order), its next-token logits.
     row_logits: RowLogits,
     step: usize,
     stats: ExtendStats,
@@ -451,55 +514,74 @@ enum RowLogits {
 }
 
 impl CausalLmExtend {
-    /// Draws one token for every live child; returns them per group.
+    /// KV caches each decoding step of this run feeds: one per batch of
+    /// adjacent prefixes of one length, each with its own attention kernels.
+    pub fn segments(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// The children of every batch, in row-logits order.
+    fn children_mut(&mut self) -> impl Iterator<Item = (&[(u32, f32)], &mut Child)> {
+        self.batches.iter_mut().flat_map(|b| b.groups.iter_mut()).flat_map(|g| g.children.iter_mut().map(|c| (g.biases.as_slice(), c)))
+    }
+
+    /// Rows fed to each forward pass (live children and ended rows not yet compacted).
+    fn fed_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.kv.rows()).sum()
+    }
+
+    /// Draws one token for every live child; returns the tokens to feed each
+    /// batch, one per row of its cache.
     fn draw(&mut self, vocab: usize) -> Result<Vec<Vec<u32>>> {
-        // Per live row in order: (token, its log-probability).
-        let drawn: Vec<(u32, f32)> = match &self.row_logits {
+        // Per live child in order: (token, its log-probability).
+        let drawn: Vec<(u32, f32)> = match std::mem::replace(&mut self.row_logits, RowLogits::Host(Vec::new())) {
             RowLogits::Host(rows) => {
+                let sampling = self.sampling;
                 let mut scratch = Vec::new();
                 let mut biased = vec![0f32; vocab];
-                let children = self.groups.iter_mut().flat_map(|g| g.children.iter_mut().map(|c| (&g.biases, c)));
                 rows.iter()
-                    .zip(children)
+                    .zip(self.children_mut())
                     .map(|(logits, (biases, c))| {
-                        let token = draw(logits, biases, &self.sampling, &mut c.rng, &mut biased, &mut scratch);
+                        let token = draw(logits, biases, &sampling, &mut c.rng, &mut biased, &mut scratch);
                         (token, logits[token as usize] - log_sum_exp(logits))
                     })
                     .collect()
             }
             RowLogits::Device(logits) => {
                 // Each child's next word of its stream, as the host sampler takes it.
-                let units: Vec<f32> = self.groups.iter_mut().flat_map(|g| g.children.iter_mut().map(|c| c.rng.random::<f32>())).collect();
-                let biases: Vec<&[(u32, f32)]> = self.groups.iter().flat_map(|g| g.children.iter().map(|_| g.biases.as_slice())).collect();
-                let draws = sample_rows(logits, &self.sampling, &units, &biases)?;
+                let units: Vec<f32> = self.children_mut().map(|(_, c)| c.rng.random::<f32>()).collect();
+                let biases: Vec<&[(u32, f32)]> =
+                    self.batches.iter().flat_map(|b| &b.groups).flat_map(|g| g.children.iter().map(|_| g.biases.as_slice())).collect();
+                let draws = sample_rows(&logits, &self.sampling, &units, &biases)?;
                 draws.tokens.into_iter().zip(draws.logprobs).collect()
             }
         };
         let mut drawn = drawn.into_iter();
-        let mut row = 0;
-        let mut fed = Vec::with_capacity(self.groups.len());
-        for g in self.groups.iter_mut() {
-            let mut toks = Vec::with_capacity(g.children.len());
-            for c in g.children.iter_mut() {
-                let (token, logprob) = drawn.next().expect("one draw per live row");
-                row += 1;
-                c.logprobs.push(logprob);
-                c.tokens.push(token);
-                let len = g.prefix.len() + c.tokens.len();
-                c.finish = if self.stop.contains(&token) {
-                    Some(FinishReason::Stop)
-                } else if len >= self.max_sequence_tokens {
-                    Some(FinishReason::Length)
-                } else if self.step + 1 == self.chunk_tokens {
-                    Some(FinishReason::Chunk)
-                } else {
-                    None
-                };
-                toks.push(token);
+        let mut fed = Vec::with_capacity(self.batches.len());
+        for b in self.batches.iter_mut() {
+            // An ended row is fed any valid token: its outputs are never read.
+            let mut toks = vec![0u32; b.kv.rows()];
+            for g in b.groups.iter_mut() {
+                for c in g.children.iter_mut() {
+                    let (token, logprob) = drawn.next().expect("one draw per live child");
+                    c.logprobs.push(logprob);
+                    c.tokens.push(token);
+                    let len = g.prefix.len() + c.tokens.len();
+                    c.finish = if self.stop.contains(&token) {
+                        Some(FinishReason::Stop)
+                    } else if len >= self.max_sequence_tokens {
+                        Some(FinishReason::Length)
+                    } else if self.step + 1 == self.chunk_tokens {
+                        Some(FinishReason::Chunk)
+                    } else {
+                        None
+                    };
+                    toks[c.row] = token;
+                    self.stats.generated_tokens += 1;
+                }
             }
             fed.push(toks);
         }
-        self.stats.generated_tokens += row as u64;
         self.step += 1;
         Ok(fed)
     }
@@ -510,16 +592,16 @@ impl CausalLmExtend {
     fn absorb(&mut self, policy: &mut CausalLmPolicy, out: &ForwardOutput, flat: Option<&[f32]>, base: usize) -> Result<()> {
         let vocab = policy.info.vocab_size;
         let device = out.logits.device();
+        // The first output row of each batch.
+        let firsts: Vec<usize> = self.batches.iter().scan(base, |at, b| Some(std::mem::replace(at, *at + b.kv.rows()))).collect();
         // The latents of the rows that end here, copied back in one piece.
         let mut latents = if self.with_latents {
-            let mut ending = Vec::new();
-            let mut at = base;
-            for c in self.groups.iter().flat_map(|g| &g.children) {
-                if c.finish.is_some() {
-                    ending.push(at as u32);
-                }
-                at += 1;
-            }
+            let ending: Vec<u32> = self
+                .batches
+                .iter()
+                .zip(&firsts)
+                .flat_map(|(b, &first)| b.groups.iter().flat_map(|g| &g.children).filter(|c| c.finish.is_some()).map(move |c| (first + c.row) as u32))
+                .collect();
             if ending.is_empty() {
                 Vec::new()
             } else {
@@ -531,61 +613,46 @@ impl CausalLmExtend {
         .into_iter();
         let mut next_host = Vec::new();
         let mut next_rows: Vec<u32> = Vec::new();
-        let mut base = base;
-        for g in self.groups.iter_mut() {
-            let n = g.children.len();
-            let mut keep = Vec::with_capacity(n);
-            for (r, c) in g.children.iter().enumerate() {
-                let at = base + r;
-                match c.finish {
-                    None => {
-                        keep.push(r);
-                        match flat {
+        for (b, &first) in self.batches.iter_mut().zip(&firsts) {
+            // Children that completed the chunk can be extended again: their
+            // state is kept for the next call.
+            let mut resumable_rows = Vec::new();
+            let mut resumable_tokens: Vec<Arc<[u32]>> = Vec::new();
+            for g in b.groups.iter_mut() {
+                for c in &g.children {
+                    let at = first + c.row;
+                    match c.finish {
+                        None => match flat {
                             Some(flat) => next_host.push(flat[at * vocab..(at + 1) * vocab].to_vec()),
                             None => next_rows.push(at as u32),
+                        },
+                        Some(finish) => {
+                            let latent = if self.with_latents { latents.next() } else { None };
+                            self.finished.push(policy.candidate(g, c, latent)?);
+                            if finish == FinishReason::Chunk {
+                                resumable_rows.push(c.row);
+                                resumable_tokens.push(g.prefix.iter().chain(&c.tokens).copied().collect());
+                            }
                         }
                     }
-                    Some(_) => {
-                        let latent = if self.with_latents { latents.next() } else { None };
-                        self.finished.push(policy.candidate(g, c, latent)?);
-                    }
                 }
+                g.children.retain(|c| c.finish.is_none());
             }
-            // Children that completed the chunk can be extended again:
-            // keep their state for the next call.
-            let resumable: Vec<usize> = (0..n).filter(|&r| g.children[r].finish == Some(FinishReason::Chunk)).collect();
-            if !resumable.is_empty() {
-                let rows: Vec<Arc<[u32]>> = resumable
-                    .iter()
-                    .map(|&r| {
-                        let mut t = g.prefix.to_vec();
-                        t.extend_from_slice(&g.children[r].tokens);
-                        Arc::from(t)
-                    })
-                    .collect();
-                let idx: Vec<u32> = resumable.iter().map(|&r| (base + r) as u32).collect();
-                let idx = Tensor::new(idx.as_slice(), out.logits.device())?;
-                let kv = if resumable.len() == n { g.kv.clone() } else { g.kv.select_rows(&resumable)? };
+            if !resumable_rows.is_empty() {
+                let all = resumable_rows.len() == b.kv.rows();
+                let idx: Vec<u32> = resumable_rows.iter().map(|&r| (first + r) as u32).collect();
+                let idx = Tensor::new(idx.as_slice(), device)?;
                 policy.cache.insert(CachedGroup {
-                    kv,
+                    kv: if all { b.kv.clone() } else { b.kv.select_rows(&resumable_rows)? },
                     logits: out.logits.index_select(&idx, 0)?,
                     hidden: out.hidden.index_select(&idx, 0)?,
-                    rows,
+                    rows: resumable_tokens,
                 })?;
             }
-            if keep.len() < n {
-                if !keep.is_empty() {
-                    g.kv = g.kv.select_rows(&keep)?;
-                }
-                let mut i = 0;
-                g.children.retain(|_| {
-                    i += 1;
-                    keep.contains(&(i - 1))
-                });
-            }
-            base += n;
+            b.groups.retain(|g| !g.children.is_empty());
+            b.compact()?;
         }
-        self.groups.retain(|g| !g.children.is_empty());
+        self.batches.retain(|b| !b.groups.is_empty());
         self.row_logits = match flat {
             Some(_) => RowLogits::Host(next_host),
             None if next_rows.is_empty() => RowLogits::Device(Tensor::zeros((0, vocab), candle_core::DType::F32, device)?),
@@ -597,7 +664,7 @@ impl CausalLmExtend {
 
 impl ExtendRun for CausalLmExtend {
     fn is_done(&self) -> bool {
-        self.groups.is_empty()
+        self.batches.is_empty()
     }
 
     fn take_finished(&mut self) -> Vec<Candidate> {
@@ -609,7 +676,7 @@ impl ExtendRun for CausalLmExtend {
     }
 
     fn live_rows(&self) -> usize {
-        self.groups.iter().map(|g| g.children.len()).sum()
+        self.batches.iter().map(Batch::live_rows).sum()
     }
 }
 

@@ -34,6 +34,18 @@ impl CachedGroup {
         let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();
         self.kv.size_bytes() + t(&self.logits) + t(&self.hidden) + self.rows.iter().map(|r| r.len() * 4).sum::<usize>()
     }
+
+    /// A group of the given rows of this one (copied).
+    fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::new(idx.as_slice(), self.logits.device())?;
+        Ok(Self {
+            kv: self.kv.select_rows(rows)?,
+            logits: self.logits.index_select(&idx, 0)?,
+            hidden: self.hidden.index_select(&idx, 0)?,
+            rows: rows.iter().map(|&r| self.rows[r].clone()).collect(),
+        })
+    }
 }
 
 /// Where a query's longest cached prefix lies.
@@ -124,10 +136,27 @@ impl PrefixCache {
     }
 
     /// Stores a group, evicting the least recently used ones to stay within
-    /// the budget. A group larger than half the budget is not stored.
+    /// the budget. A group larger than half the budget is stored in pieces of
+    /// rows that fit (a batch of many beams' children); a single row that
+    /// does not fit is not stored.
     pub fn insert(&mut self, group: CachedGroup) -> Result<()> {
         let bytes = group.size_bytes();
-        if bytes > self.budget_bytes / 2 || group.rows.is_empty() {
+        let half = self.budget_bytes / 2;
+        if group.rows.is_empty() || (bytes > half && group.rows.len() == 1) {
+            return Ok(());
+        }
+        if bytes > half {
+            let per_piece = (half as u128 * group.rows.len() as u128 / bytes as u128) as usize;
+            if per_piece == 0 {
+                return Ok(());
+            }
+            let rows: Vec<usize> = (0..group.rows.len()).collect();
+            for piece in rows.chunks(per_piece) {
+                let piece = group.select_rows(piece)?;
+                if piece.size_bytes() <= half {
+                    self.insert(piece)?;
+                }
+            }
             return Ok(());
         }
         while self.used_bytes + bytes > self.budget_bytes {
@@ -175,8 +204,12 @@ mod tests {
 
     fn group(rows: &[&[u32]], vocab: usize) -> CachedGroup {
         let n = rows.len();
+        let mut kv = KvCache::new(1);
+        let k = Tensor::zeros((n, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        kv.append(0, k.clone(), k).unwrap();
+        kv.advance(n, 1);
         CachedGroup {
-            kv: KvCache::new(1),
+            kv,
             logits: Tensor::zeros((n, vocab), DType::F32, &Device::Cpu).unwrap(),
             hidden: Tensor::zeros((n, 4), DType::F32, &Device::Cpu).unwrap(),
             rows: rows.iter().map(|r| Arc::from(r.to_vec())).collect(),
@@ -213,10 +246,24 @@ mod tests {
     }
 
     #[test]
-    fn refuses_groups_over_half_the_budget() -> Result<()> {
+    fn refuses_rows_over_half_the_budget() -> Result<()> {
         let mut c = PrefixCache::new(100);
         c.insert(group(&[&[1]], 1000))?;
+        c.insert(group(&[&[1], &[2]], 1000))?;
         assert!(c.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn stores_a_group_over_half_the_budget_in_pieces_that_fit() -> Result<()> {
+        let one = group(&[&[1]], 1000).size_bytes();
+        let mut c = PrefixCache::new(5 * one);
+        c.insert(group(&[&[1], &[2], &[3], &[4], &[5]], 1000))?;
+        assert_eq!(c.len(), 3, "pieces of two rows, the last of one");
+        assert!(c.used_bytes() <= c.budget_bytes());
+        for row in [1, 2, 3, 4, 5] {
+            assert!(c.lookup(&[row]).is_some(), "row {row} was stored");
+        }
         Ok(())
     }
 }

@@ -603,3 +603,63 @@ fn device_sampling_extends_like_host_sampling() {
     same(&run(&mut host, &full), &together[0], "full softmax, batched with another run");
     same(&run(&mut host, &nucleus), &together[1], "nucleus, batched with another run");
 }
+
+/// The beams of a search step (prefixes of one length) decode as one batch,
+/// one attention per layer, and each draws what it draws alone, also when
+/// children end early and their rows wait in the batch to be compacted.
+#[test]
+fn beams_of_one_length_decode_as_one_batch_and_draw_what_each_draws_alone() {
+    let opts = PolicyOptions {
+        model: smollm2().to_path_buf(),
+        dtype: WeightDtype::F32,
+        device: Device::Cpu,
+        prefix_cache_bytes: 0,
+        max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+        sampling_on: Default::default(),
+    };
+    let mut policy = CausalLmPolicy::load(&opts).unwrap();
+    let codec = policy.tokenizer().clone();
+    let prompt = codec.tokenize("<|im_start|>user\nDescribe a storm at sea.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
+    let beam = |words: &str, len: usize| {
+        let mut t = prompt.clone();
+        t.extend(codec.tokenize(words, false).unwrap().into_iter().take(len));
+        t
+    };
+    let (a, b, c) = (beam("The wind howled over", 3), beam("Waves crashed against the", 3), beam("Dark clouds gathered fast and", 3));
+    let longer = beam("Rain fell in heavy sheets", 5);
+    // Frequent tokens as stops, so children end at different steps.
+    let stops: Vec<u32> = [",", "."].iter().flat_map(|w| codec.tokenize(w, false).unwrap()).collect();
+    let spec = |ids: &Vec<u32>, seed| PrefixSpec { token_ids: ids.clone(), children: 6, logit_biases: vec![], seed: Some(seed) };
+    let request = |prefixes: Vec<PrefixSpec>| ExtendRequest {
+        prefixes,
+        chunk_tokens: 12,
+        sampling: Sampling { temperature: 1.0, top_p: 0.95, top_k: None, seed: 4 },
+        stop_token_ids: stops.clone(),
+        max_sequence_tokens: 2048,
+        with_latents: true,
+    };
+    let together = request(vec![spec(&a, 1), spec(&b, 2), spec(&longer, 3), spec(&c, 4)]);
+    let run = policy.begin_extend(&together).unwrap();
+    assert_eq!(run.segments(), 3, "a and b share a batch; the longer prefix splits it from c");
+    drop(run);
+    let never = WorkControl::new(None, &|| false);
+    let mut got = Vec::new();
+    policy.extend(&together, &never, &mut |cs| got.extend(cs)).unwrap();
+    got.sort_by_key(|c| (c.prefix_index, c.child_index));
+    let early = got.iter().filter(|c| c.token_ids.len() < 12).count();
+    assert!(early >= 6 && early < got.len(), "some children end early, some run the chunk: {early} of {}", got.len());
+    for (i, p) in together.prefixes.iter().enumerate() {
+        let mut alone = Vec::new();
+        policy.extend(&request(vec![p.clone()]), &never, &mut |cs| alone.extend(cs)).unwrap();
+        alone.sort_by_key(|c| c.child_index);
+        let mine: Vec<&Candidate> = got.iter().filter(|c| c.prefix_index == i).collect();
+        assert_eq!(mine.len(), alone.len());
+        for (g, w) in mine.iter().zip(&alone) {
+            assert_eq!((g.child_index, &g.token_ids, g.finish_reason), (w.child_index, &w.token_ids, w.finish_reason), "prefix {i}");
+            let lp = g.token_logprobs.iter().zip(&w.token_logprobs).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(lp < 1e-4, "prefix {i}: log-probabilities differ by {lp}");
+            let d = max_abs_diff(g.latent.as_ref().unwrap(), w.latent.as_ref().unwrap());
+            assert!(d < 1e-3, "prefix {i}: latents differ by {d}");
+        }
+    }
+}
