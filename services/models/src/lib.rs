@@ -30,6 +30,7 @@ pub mod device_sampling;
 pub mod cross_head;
 pub mod encoder;
 pub mod kv_cache;
+pub mod padded_passes;
 pub mod causal_lm;
 pub mod policy;
 pub mod prefix_cache;

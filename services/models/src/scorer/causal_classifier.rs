@@ -14,11 +14,11 @@ use tokenizers::Tokenizer;
 
 use super::linear_head::{DimRule, LinearHead, Normalize};
 use super::{
-    ceil_char_boundary, classify, description, model_id, pass_groups, read_json, resolve_role, truncate, FormatModel, Loaded,
-    Origin, PositionScores, ScoreFormat, ScorerOptions, TextTemplate, HH_TEMPLATE, PKU_TEMPLATE,
+    ceil_char_boundary, classify, description, model_id, read_json, resolve_role, truncate, FormatModel, Loaded, Origin,
+    PositionScores, ScoreFormat, ScorerOptions, TextTemplate, HH_TEMPLATE, MAX_PASS_TOKENS, PKU_TEMPLATE,
 };
-use crate::causal_lm::{CausalLm, Positions, Segment as LmSegment};
-use crate::kv_cache::KvCache;
+use crate::causal_lm::CausalLm;
+use crate::padded_passes::{plan_passes, rows_per_segment};
 use crate::policy::device_name;
 use crate::{ModelError, Result};
 
@@ -140,26 +140,22 @@ impl CausalClassifier {
     /// reference implementations.
     pub(super) fn score_token_ids(&self, sequences: &[Vec<u32>]) -> Result<Vec<PositionScores>> {
         let Self { model, head, end, .. } = self;
-        let mut out = Vec::with_capacity(sequences.len());
-        for group in pass_groups(sequences.iter().map(Vec::len)) {
-            let mut caches: Vec<KvCache> = group.iter().map(|_| model.new_cache()).collect();
-            let mut segs: Vec<LmSegment<'_>> = group
-                .iter()
-                .zip(caches.iter_mut())
-                .map(|(&i, cache)| LmSegment { tokens: &sequences[i], rows: 1, cache })
-                .collect();
-            let hidden = model.hidden_segments(&mut segs, Positions::All)?;
+        let seqs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let mut out: Vec<Option<PositionScores>> = vec![None; sequences.len()];
+        for pass in plan_passes(&lengths, MAX_PASS_TOKENS, rows_per_segment(model.device())) {
+            let hidden = model.hidden_of_pass(&pass, &seqs)?;
             let scores = head.scores(&hidden)?;
             let mut off = 0;
-            for &i in &group {
+            for i in pass.items() {
                 let n = sequences[i].len();
                 let s = scores[off..off + n].to_vec();
                 let end_index = end.index(&sequences[i]);
-                out.push(PositionScores { end_index, end_score: s[end_index], scores: s });
+                out[i] = Some(PositionScores { end_index, end_score: s[end_index], scores: s });
                 off += n;
             }
         }
-        Ok(out)
+        out.into_iter().map(|o| o.ok_or_else(|| ModelError::Shape("an empty sequence has no score".into()))).collect()
     }
 
     /// Tokenizes one item for a causal trunk, applying the limit.
@@ -221,15 +217,12 @@ impl FormatModel for CausalClassifier {
             .map(|(i, x)| self.prepare(i, x, limit))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut out: Vec<Option<ScoreOutput>> = vec![None; inputs.len()];
-        for group in pass_groups(prepared.iter().map(|p| p.ids.len())) {
+        let seqs: Vec<&[u32]> = prepared.iter().map(|p| p.ids.as_slice()).collect();
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        for pass in plan_passes(&lengths, MAX_PASS_TOKENS, rows_per_segment(model.device())) {
             control.check()?;
-            let mut caches: Vec<KvCache> = group.iter().map(|_| model.new_cache()).collect();
-            let mut segs: Vec<LmSegment<'_>> = group
-                .iter()
-                .zip(caches.iter_mut())
-                .map(|(&i, cache)| LmSegment { tokens: &prepared[i].ids, rows: 1, cache })
-                .collect();
-            let hidden = model.hidden_segments(&mut segs, Positions::All)?;
+            let group: Vec<usize> = pass.items().collect();
+            let hidden = model.hidden_of_pass(&pass, &seqs)?;
             // Only the rows a score is read at go through the head.
             let mut rows: Vec<u32> = Vec::new();
             let mut off = 0;

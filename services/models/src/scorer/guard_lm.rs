@@ -23,14 +23,14 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use ig_core::policy::{ChatMessage, TextCodec, WorkControl};
 use ig_core::scorer::{ScoreInput, ScoreOutput, ScoreRole, ScorerInfo};
 use ig_core::RoleError;
 
-use super::{model_id, pass_groups, FormatModel, Loaded, ScorerOptions};
-use crate::causal_lm::{CausalLm, Positions, Segment, WeightDtype};
-use crate::kv_cache::KvCache;
+use super::{model_id, FormatModel, Loaded, ScorerOptions, MAX_PASS_TOKENS};
+use crate::causal_lm::{CausalLm, WeightDtype};
+use crate::padded_passes::{plan_passes, rows_per_segment};
 use crate::policy::{device_name, load_with_tokenizer};
 use crate::tokenizer::TokenizerCodec;
 use crate::{ModelError, Result};
@@ -246,16 +246,22 @@ impl GuardLm {
         let (prepared, cut): (Vec<Vec<u32>>, Vec<usize>) =
             items.iter().enumerate().map(|(i, x)| self.prepare(i, x, limit)).collect::<std::result::Result<Vec<_>, _>>()?.into_iter().unzip();
         let mut costs = vec![0f32; items.len()];
-        // Each item one segment with its own cache, in passes of bounded tokens.
-        for group in pass_groups(prepared.iter().map(Vec::len)) {
+        // Items of similar length padded into shared segments, in passes of bounded tokens.
+        let seqs: Vec<&[u32]> = prepared.iter().map(Vec::as_slice).collect();
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        for pass in plan_passes(&lengths, MAX_PASS_TOKENS, rows_per_segment(self.model.device())) {
             control.check()?;
-            let mut caches: Vec<KvCache> = group.iter().map(|_| self.model.new_cache()).collect();
-            let mut segments: Vec<Segment<'_>> = group
+            let group: Vec<usize> = pass.items().collect();
+            let hidden = self.model.hidden_of_pass(&pass, &seqs)?;
+            let last: Vec<u32> = group
                 .iter()
-                .zip(caches.iter_mut())
-                .map(|(&i, cache)| Segment { tokens: &prepared[i], rows: 1, cache })
+                .scan(0, |off, &i| {
+                    *off += lengths[i];
+                    Some(*off as u32 - 1)
+                })
                 .collect();
-            let logits = self.model.forward_segments(&mut segments, Positions::Last).map_err(RoleError::from)?.logits;
+            let last = Tensor::from_vec(last, group.len(), hidden.device()).map_err(ModelError::from)?;
+            let logits = self.model.lm_head(&hidden.index_select(&last, 0).map_err(ModelError::from)?)?;
             let pick = |id: u32| -> std::result::Result<Vec<f32>, RoleError> {
                 let col = logits.narrow(1, id as usize, 1).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
                 col.map_err(|e| RoleError::Internal(e.to_string()))

@@ -139,8 +139,9 @@ pub const HH_TEMPLATE: &str = "\n\nHuman: {prompt}\n\nAssistant: {response}";
 /// Names a head file's `trunk` may carry for the default trunk (the MiniLM asset).
 const DEFAULT_TRUNK_NAMES: &[&str] = &["all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"];
 
-/// Tokens per causal forward pass (items run as separate segments): large
-/// enough to batch the linear layers, small enough to bound activations.
+/// Token slots (padding included) per causal forward pass
+/// ([`crate::padded_passes`]): large enough to batch the linear layers, small
+/// enough to bound activations and attention scores.
 const MAX_PASS_TOKENS: usize = 4096;
 
 /// At most this many items per encoder call.
@@ -512,24 +513,6 @@ fn truncate(
     Ok((keep, n - limit))
 }
 
-/// Groups item indices into forward passes of about [`MAX_PASS_TOKENS`]
-/// tokens (an item longer than that runs alone).
-fn pass_groups(lengths: impl Iterator<Item = usize>) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut tokens = 0;
-    for (i, n) in lengths.enumerate() {
-        match groups.last_mut() {
-            Some(g) if tokens + n <= MAX_PASS_TOKENS => g.push(i),
-            _ => {
-                groups.push(vec![i]);
-                tokens = 0;
-            }
-        }
-        tokens += n;
-    }
-    groups
-}
-
 impl ScorerBackend for ScoreModel {
     fn info(&self) -> ScorerInfo {
         let mut info = self.info.clone();
@@ -602,12 +585,6 @@ mod tests {
 
 
 
-
-    #[test]
-    fn pass_groups_bound_tokens() {
-        let g = pass_groups([3000, 1000, 200, 5000, 10].into_iter());
-        assert_eq!(g, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
-    }
 
     #[test]
     fn char_boundaries_round_up() {
