@@ -469,35 +469,25 @@ fn cuda_device_sampling_matches_host_sampling() {
     assert!(draws.tokens.iter().all(|&t| t >= 2), "the 0.7 nucleus is tokens 2 and 3");
 }
 
-/// A scoring pass on CUDA pads sequences of similar length into shared
-/// segments (`padded_passes`); every real position's state matches the CPU,
-/// where each sequence runs in its own segment.
+/// Scoring passes on CUDA (`scoring_passes`: shared prefixes once, sequences
+/// of similar length padded into shared segments) give every wanted position
+/// the state the CPU gives it.
 #[test]
-fn cuda_padded_scoring_passes_match_the_cpu() {
-    use ig_models::padded_passes::{plan_passes, rows_per_segment};
+fn cuda_scoring_passes_match_the_cpu() {
+    use ig_models::scoring_passes::{rows_per_segment, summarize};
     let Some(gpu) = gpu() else { return };
     let cpu_model = CausalLm::from_gguf(smollm2(), WeightDtype::F32, &Device::Cpu).unwrap().0;
     let gpu_model = CausalLm::from_gguf(smollm2(), WeightDtype::F32, &gpu).unwrap().0;
-    let seqs: Vec<Vec<u32>> = [40, 44, 41, 12, 44, 39].iter().enumerate().map(|(k, &n)| (0..n).map(|p| (k * 97 + p * 13) as u32 % 5000 + 200).collect()).collect();
+    // Three children of one 30-token prefix, and unrelated sequences of similar lengths.
+    let mut seqs: Vec<Vec<u32>> = (0..3).map(|c| (0..40).map(|p| if p < 30 { 300 + p } else { 1000 + 50 * c + p }).collect()).collect();
+    seqs.extend([40, 44, 41, 12, 44, 39].iter().enumerate().map(|(k, &n)| (0..n).map(|p| (k * 97 + p * 13) as u32 % 5000 + 2000).collect::<Vec<u32>>()));
     let seqs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-    let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-    let on_gpu = plan_passes(&lengths, 4096, rows_per_segment(&gpu));
-    assert!(on_gpu[0].segments() < seqs.len(), "sequences share segments on the GPU");
-    let on_cpu = plan_passes(&lengths, 4096, rows_per_segment(&Device::Cpu));
-    assert_eq!(on_cpu[0].segments(), seqs.len(), "one segment per sequence on the CPU");
-    let rows_by_item = |model: &CausalLm, passes: &[ig_models::padded_passes::PaddedPass]| {
-        let mut rows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); seqs.len()];
-        for pass in passes {
-            let hidden = model.hidden_of_pass(pass, &seqs).unwrap().to_vec2::<f32>().unwrap();
-            let mut at = hidden.into_iter();
-            for i in pass.items() {
-                rows[i] = at.by_ref().take(seqs[i].len()).collect();
-            }
-        }
-        rows
-    };
-    let (got, want) = (rows_by_item(&gpu_model, &on_gpu), rows_by_item(&cpu_model, &on_cpu));
-    let worst = got.iter().flatten().zip(want.iter().flatten()).map(|(g, w)| rel_err(g, w)).fold(0f32, f32::max);
-    report("cuda_padded_scoring", serde_json::json!({ "segments_gpu": on_gpu[0].segments(), "max_rel_err": worst }));
-    assert!(worst < 1e-3, "padded GPU states differ from the CPU's by {worst}");
+    let (on_gpu, on_cpu) = (summarize(&seqs, 4096, rows_per_segment(&gpu)), summarize(&seqs, 4096, rows_per_segment(&Device::Cpu)));
+    assert!(on_gpu.segments < on_cpu.segments, "unrelated sequences share segments on the GPU: {on_gpu:?} against {on_cpu:?}");
+    let every: Vec<Vec<usize>> = seqs.iter().map(|s| (0..s.len()).collect()).collect();
+    let got = gpu_model.hidden_at(&seqs, &every, 4096, &mut || Ok(())).unwrap().to_vec2::<f32>().unwrap();
+    let want = cpu_model.hidden_at(&seqs, &every, 4096, &mut || Ok(())).unwrap().to_vec2::<f32>().unwrap();
+    let worst = got.iter().zip(&want).map(|(g, w)| rel_err(g, w)).fold(0f32, f32::max);
+    report("cuda_scoring_passes", serde_json::json!({ "segments_gpu": on_gpu.segments, "segments_cpu": on_cpu.segments, "max_rel_err": worst }));
+    assert!(worst < 1e-3, "GPU states differ from the CPU's by {worst}");
 }

@@ -641,3 +641,30 @@ fn minilm_heads_score_in_half_precision() {
         }
     }
 }
+
+/// A search scores the children of each beam together: their common prefix
+/// (template, prompt, the beam's response so far) runs once, and each child's
+/// scores, token scores inside that prefix included, are what it gets alone.
+#[test]
+fn children_of_a_beam_share_their_prefix_and_score_as_alone() {
+    use ig_models::scoring_passes::{rows_per_segment, summarize};
+    let dir = causal_dir("llama_score_pku");
+    let mut opts = ScorerOptions::new(dir.path());
+    opts.role = Some(ScoreRole::Cost);
+    let mut model = ScoreModel::load(&opts).unwrap();
+    let beam = "Once upon a time there was a tiny model";
+    let mut items: Vec<ScoreInput> =
+        [" that sang.", " that slept all day.", " who ran."].iter().map(|end| item("Tell me a story.", &format!("{beam}{end}"))).collect();
+    items.push(item("What is 2+2?", "4"));
+    items[0].token_scores = true;
+    items[2].token_scores = true;
+    assert_batch_equals_single(&mut model, &items);
+    let ids: Vec<Vec<u32>> =
+        items.iter().map(|x| byte_ids(&format!("BEGINNING OF CONVERSATION: USER: {} ASSISTANT:{}", x.prompt, x.response))).collect();
+    let seqs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let plan = summarize(&seqs, 4096, rows_per_segment(&candle_core::Device::Cpu));
+    let shared = "BEGINNING OF CONVERSATION: USER: Tell me a story. ASSISTANT:".len() + beam.len() + " ".len() + 1;
+    let total: usize = seqs.iter().map(|s| s.len()).sum();
+    assert!(plan.tokens + 2 * shared <= total + 24, "the three children's prefix runs once: {} slots for {total} tokens", plan.tokens);
+    assert_eq!((plan.passes, plan.segments), (2, 3), "a prefix pass, then the children's segment and the stranger's");
+}

@@ -18,7 +18,6 @@ use super::{
     PositionScores, ScoreFormat, ScorerOptions, TextTemplate, HH_TEMPLATE, MAX_PASS_TOKENS, PKU_TEMPLATE,
 };
 use crate::causal_lm::CausalLm;
-use crate::padded_passes::{plan_passes, rows_per_segment};
 use crate::policy::device_name;
 use crate::{ModelError, Result};
 
@@ -141,21 +140,19 @@ impl CausalClassifier {
     pub(super) fn score_token_ids(&self, sequences: &[Vec<u32>]) -> Result<Vec<PositionScores>> {
         let Self { model, head, end, .. } = self;
         let seqs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
-        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let mut out: Vec<Option<PositionScores>> = vec![None; sequences.len()];
-        for pass in plan_passes(&lengths, MAX_PASS_TOKENS, rows_per_segment(model.device())) {
-            let hidden = model.hidden_of_pass(&pass, &seqs)?;
-            let scores = head.scores(&hidden)?;
-            let mut off = 0;
-            for i in pass.items() {
-                let n = sequences[i].len();
-                let s = scores[off..off + n].to_vec();
-                let end_index = end.index(&sequences[i]);
-                out[i] = Some(PositionScores { end_index, end_score: s[end_index], scores: s });
-                off += n;
-            }
-        }
-        out.into_iter().map(|o| o.ok_or_else(|| ModelError::Shape("an empty sequence has no score".into()))).collect()
+        let every: Vec<Vec<usize>> = seqs.iter().map(|s| (0..s.len()).collect()).collect();
+        let hidden = model.hidden_at(&seqs, &every, MAX_PASS_TOKENS, &mut || Ok(())).map_err(|e| ModelError::Shape(e.to_string()))?;
+        let scores = head.scores(&hidden)?;
+        let mut off = 0;
+        Ok(sequences
+            .iter()
+            .map(|seq| {
+                let s = scores[off..off + seq.len()].to_vec();
+                off += seq.len();
+                let end_index = end.index(seq);
+                PositionScores { end_index, end_score: s[end_index], scores: s }
+            })
+            .collect())
     }
 
     /// Tokenizes one item for a causal trunk, applying the limit.
@@ -216,45 +213,36 @@ impl FormatModel for CausalClassifier {
             .enumerate()
             .map(|(i, x)| self.prepare(i, x, limit))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut out: Vec<Option<ScoreOutput>> = vec![None; inputs.len()];
         let seqs: Vec<&[u32]> = prepared.iter().map(|p| p.ids.as_slice()).collect();
-        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        for pass in plan_passes(&lengths, MAX_PASS_TOKENS, rows_per_segment(model.device())) {
-            control.check()?;
-            let group: Vec<usize> = pass.items().collect();
-            let hidden = model.hidden_of_pass(&pass, &seqs)?;
-            // Only the rows a score is read at go through the head.
-            let mut rows: Vec<u32> = Vec::new();
-            let mut off = 0;
-            for &i in &group {
-                let p = &prepared[i];
-                rows.push((off + p.end_index) as u32);
-                if inputs[i].token_scores {
-                    rows.extend(p.response_tokens.iter().map(|&(pos, _)| (off + pos) as u32));
+        // Only the rows a score is read at go through the head.
+        let wanted: Vec<Vec<usize>> = prepared
+            .iter()
+            .zip(inputs)
+            .map(|(p, x)| {
+                let mut rows = vec![p.end_index];
+                if x.token_scores {
+                    rows.extend(p.response_tokens.iter().map(|&(pos, _)| pos));
                 }
-                off += p.ids.len();
-            }
-            let n = rows.len();
-            let idx = Tensor::from_vec(rows, n, hidden.device()).map_err(ModelError::from)?;
-            let sel = hidden.index_select(&idx, 0).map_err(ModelError::from)?;
-            let scores = head.scores(&sel)?;
-            let mut next = scores.into_iter();
-            for &i in &group {
-                let p = &prepared[i];
-                let score = next.next().ok_or_else(|| RoleError::Internal("head returned too few scores".into()))?;
-                let token_scores = if inputs[i].token_scores {
-                    p.response_tokens
-                        .iter()
-                        .map(|&(_, byte)| next.next().map(|s| (s, byte)))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| RoleError::Internal("head returned too few scores".into()))?
-                } else {
-                    Vec::new()
-                };
-                out[i] = Some(ScoreOutput { score, token_scores, token_count: p.ids.len(), truncated_token_count: p.truncated });
-            }
+                rows
+            })
+            .collect();
+        let hidden = model.hidden_at(&seqs, &wanted, MAX_PASS_TOKENS, &mut || control.check())?;
+        let mut next = head.scores(&hidden)?.into_iter();
+        let mut out = Vec::with_capacity(inputs.len());
+        for (p, x) in prepared.iter().zip(inputs) {
+            let score = next.next().ok_or_else(|| RoleError::Internal("head returned too few scores".into()))?;
+            let token_scores = if x.token_scores {
+                p.response_tokens
+                    .iter()
+                    .map(|&(_, byte)| next.next().map(|s| (s, byte)))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| RoleError::Internal("head returned too few scores".into()))?
+            } else {
+                Vec::new()
+            };
+            out.push(ScoreOutput { score, token_scores, token_count: p.ids.len(), truncated_token_count: p.truncated });
         }
-        out.into_iter().map(|o| o.ok_or_else(|| RoleError::Internal("an item was not scored".into()))).collect()
+        Ok(out)
     }
 
     fn causal(&self) -> Option<&CausalClassifier> {

@@ -23,14 +23,13 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use ig_core::policy::{ChatMessage, TextCodec, WorkControl};
 use ig_core::scorer::{ScoreInput, ScoreOutput, ScoreRole, ScorerInfo};
 use ig_core::RoleError;
 
 use super::{model_id, FormatModel, Loaded, ScorerOptions, MAX_PASS_TOKENS};
 use crate::causal_lm::{CausalLm, WeightDtype};
-use crate::padded_passes::{plan_passes, rows_per_segment};
 use crate::policy::{device_name, load_with_tokenizer};
 use crate::tokenizer::TokenizerCodec;
 use crate::{ModelError, Result};
@@ -245,32 +244,17 @@ impl GuardLm {
     fn score_items(&self, items: &[ScoreInput], limit: usize, control: &WorkControl<'_>) -> std::result::Result<Vec<ScoreOutput>, RoleError> {
         let (prepared, cut): (Vec<Vec<u32>>, Vec<usize>) =
             items.iter().enumerate().map(|(i, x)| self.prepare(i, x, limit)).collect::<std::result::Result<Vec<_>, _>>()?.into_iter().unzip();
-        let mut costs = vec![0f32; items.len()];
-        // Items of similar length padded into shared segments, in passes of bounded tokens.
+        // The hidden state at each item's last token, then the LM head.
         let seqs: Vec<&[u32]> = prepared.iter().map(Vec::as_slice).collect();
-        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        for pass in plan_passes(&lengths, MAX_PASS_TOKENS, rows_per_segment(self.model.device())) {
-            control.check()?;
-            let group: Vec<usize> = pass.items().collect();
-            let hidden = self.model.hidden_of_pass(&pass, &seqs)?;
-            let last: Vec<u32> = group
-                .iter()
-                .scan(0, |off, &i| {
-                    *off += lengths[i];
-                    Some(*off as u32 - 1)
-                })
-                .collect();
-            let last = Tensor::from_vec(last, group.len(), hidden.device()).map_err(ModelError::from)?;
-            let logits = self.model.lm_head(&hidden.index_select(&last, 0).map_err(ModelError::from)?)?;
-            let pick = |id: u32| -> std::result::Result<Vec<f32>, RoleError> {
-                let col = logits.narrow(1, id as usize, 1).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
-                col.map_err(|e| RoleError::Internal(e.to_string()))
-            };
-            let (u, s) = (pick(self.unsafe_id)?, pick(self.safe_id)?);
-            for (k, &i) in group.iter().enumerate() {
-                costs[i] = u[k] - s[k];
-            }
-        }
+        let last: Vec<Vec<usize>> = seqs.iter().map(|s| vec![s.len().saturating_sub(1)]).collect();
+        let hidden = self.model.hidden_at(&seqs, &last, MAX_PASS_TOKENS, &mut || control.check())?;
+        let logits = self.model.lm_head(&hidden)?;
+        let pick = |id: u32| -> std::result::Result<Vec<f32>, RoleError> {
+            let col = logits.narrow(1, id as usize, 1).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
+            col.map_err(|e| RoleError::Internal(e.to_string()))
+        };
+        let (u, s) = (pick(self.unsafe_id)?, pick(self.safe_id)?);
+        let costs: Vec<f32> = u.iter().zip(&s).map(|(u, s)| u - s).collect();
         Ok(costs
             .into_iter()
             .zip(prepared.iter().zip(cut))

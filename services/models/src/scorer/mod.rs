@@ -140,7 +140,7 @@ pub const HH_TEMPLATE: &str = "\n\nHuman: {prompt}\n\nAssistant: {response}";
 const DEFAULT_TRUNK_NAMES: &[&str] = &["all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"];
 
 /// Token slots (padding included) per causal forward pass
-/// ([`crate::padded_passes`]): large enough to batch the linear layers, small
+/// ([`crate::scoring_passes`]): large enough to batch the linear layers, small
 /// enough to bound activations and attention scores.
 const MAX_PASS_TOKENS: usize = 4096;
 
