@@ -61,8 +61,10 @@ impl Unit {
 
 /// Groups sequences (longest common prefixes first) into units: members of a
 /// group share its prefix; sequences that share none are bucketed by length
-/// with at most `max_rows` per bucket.
-fn plan_units(seqs: &[&[u32]], max_rows: usize) -> Vec<Unit> {
+/// with at most `max_rows` per bucket. A unit stays within `max_tokens` token
+/// slots unless one sequence alone is longer (a large group is split, each
+/// part running the prefix again), so no request can make one pass unbounded.
+fn plan_units(seqs: &[&[u32]], max_rows: usize, max_tokens: usize) -> Vec<Unit> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by(|&a, &b| seqs[a].cmp(seqs[b]));
     let lcp = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
@@ -93,7 +95,8 @@ fn plan_units(seqs: &[&[u32]], max_rows: usize) -> Vec<Unit> {
         // Every member keeps at least its last token for the segment.
         let shared = members.iter().map(|&i| seqs[i].len() - 1).min().unwrap_or(0).min(common);
         let width = members.iter().map(|&i| seqs[i].len() - shared).max().unwrap_or(0);
-        units.push(Unit { items: members, shared, width });
+        let per_unit = (max_tokens.saturating_sub(shared) / width).max(1);
+        units.extend(members.chunks(per_unit).map(|part| Unit { items: part.to_vec(), shared, width }));
     }
     alone.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
     let mut real = 0;
@@ -101,7 +104,7 @@ fn plan_units(seqs: &[&[u32]], max_rows: usize) -> Vec<Unit> {
         let len = seqs[i].len();
         if let Some(bucket) = units.last_mut().filter(|u| u.shared == 0) {
             let padded = (bucket.items.len() + 1) * bucket.width;
-            if bucket.items.len() < max_rows && padded * 8 <= (real + len) * (8 + MAX_PADDING_EIGHTHS) {
+            if bucket.items.len() < max_rows && padded <= max_tokens && padded * 8 <= (real + len) * (8 + MAX_PADDING_EIGHTHS) {
                 bucket.items.push(i);
                 real += len;
                 continue;
@@ -148,7 +151,7 @@ pub struct PlanSummary {
 /// The passes [`CausalLm::hidden_at`] runs for these sequences.
 pub fn summarize(seqs: &[&[u32]], max_pass_tokens: usize, max_rows: usize) -> PlanSummary {
     let mut s = PlanSummary::default();
-    for round in plan_rounds(plan_units(seqs, max_rows), max_pass_tokens) {
+    for round in plan_rounds(plan_units(seqs, max_rows, max_pass_tokens), max_pass_tokens) {
         let prefixes = round.iter().filter(|u| u.shared > 0).count();
         s.passes += 1 + usize::from(prefixes > 0);
         s.segments += prefixes + round.len();
@@ -180,7 +183,7 @@ impl CausalLm {
         let mut pieces: Vec<Tensor> = Vec::new();
         let mut at: Vec<Vec<u32>> = wanted.iter().map(|w| vec![0; w.len()]).collect();
         let mut base = 0u32;
-        for round in plan_rounds(plan_units(seqs, rows_per_segment(self.device())), max_pass_tokens) {
+        for round in plan_rounds(plan_units(seqs, rows_per_segment(self.device()), max_pass_tokens), max_pass_tokens) {
             between_rounds()?;
             let (selected, rows) = self.run_round(&round, seqs, wanted)?;
             for (i, k, row) in rows {
@@ -307,24 +310,44 @@ mod tests {
         };
         let seqs = [beam(1, 0, 5), vec![7; 10], beam(2, 0, 6), beam(1, 1, 4), vec![8; 9], beam(2, 1, 6), vec![9; 4]];
         let seqs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let units = plan_units(&seqs, usize::MAX);
+        let units = plan_units(&seqs, usize::MAX, 4096);
         assert_eq!(shape(&units), vec![(vec![0, 3], 50, 5), (vec![2, 5], 50, 6), (vec![1, 4], 0, 10), (vec![6], 0, 4)]);
         // One row per bucket (a CPU): strangers alone, groups unchanged.
-        let cpu = plan_units(&seqs, 1);
+        let cpu = plan_units(&seqs, 1, 4096);
         assert_eq!(shape(&cpu)[3..], [(vec![4], 0, 9), (vec![6], 0, 4)]);
         // Rounds of at most 60 slots: 60 + 62 do not fit together.
         let rounds = plan_rounds(units, 60);
         assert_eq!(rounds.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 2]);
-        let s = summarize(&seqs, 60, usize::MAX);
+        let s = summarize(&seqs, 70, usize::MAX);
         assert_eq!((s.passes, s.segments, s.tokens), (5, 6, 60 + 62 + 20 + 4));
+        // At 60 the second group (50 + 2 x 6) is split, each child running the prefix again.
+        let s = summarize(&seqs, 60, usize::MAX);
+        assert_eq!((s.passes, s.segments, s.tokens), (7, 8, 60 + 56 + 56 + 20 + 4));
     }
 
     #[test]
     fn a_common_prefix_too_short_or_a_whole_sequence_is_not_shared_past_the_last_token() {
         let (a, b) = (seq(8, 1, 20), seq(8, 2, 20));
-        assert!(plan_units(&[&a, &b], usize::MAX).iter().all(|u| u.shared == 0), "8 tokens are not worth a pass");
+        assert!(plan_units(&[&a, &b], usize::MAX, 4096).iter().all(|u| u.shared == 0), "8 tokens are not worth a pass");
         let (long, inside) = (seq(30, 1, 40), seq(30, 1, 30));
-        assert_eq!(shape(&plan_units(&[&long, &inside], usize::MAX)), vec![(vec![1, 0], 29, 11)]);
+        assert_eq!(shape(&plan_units(&[&long, &inside], usize::MAX, 4096)), vec![(vec![1, 0], 29, 11)]);
+    }
+
+    #[test]
+    fn no_unit_outgrows_a_pass_unless_one_sequence_does() {
+        // 100 children of a 20-token prefix, 10 tokens each: 20 + 8 x 10 fit in 100 slots.
+        let children: Vec<Vec<u32>> = (0..100).map(|c| (0..30).map(|p| if p < 20 { p + 1 } else { 1000 * (c + 1) + p }).collect()).collect();
+        let seqs: Vec<&[u32]> = children.iter().map(Vec::as_slice).collect();
+        let units = plan_units(&seqs, usize::MAX, 100);
+        assert_eq!(units.len(), 13);
+        assert!(units.iter().all(|u| u.shared == 20 && u.tokens() <= 100));
+        assert_eq!(units.iter().map(|u| u.items.len()).sum::<usize>(), 100);
+        // Strangers: buckets stay within the pass too; a longer sequence runs alone.
+        let strangers: Vec<Vec<u32>> = (0..30).map(|k| vec![k + 1; 10]).chain([vec![99; 150]]).collect();
+        let seqs: Vec<&[u32]> = strangers.iter().map(Vec::as_slice).collect();
+        let units = plan_units(&seqs, usize::MAX, 100);
+        assert_eq!(units[0].tokens(), 150);
+        assert!(units[1..].iter().all(|u| u.tokens() <= 100 && u.shared == 0));
     }
 
     /// Shared prefixes and padding give each sequence its own states.
