@@ -348,8 +348,9 @@ pub trait ExtendRun: Send {
     /// Work done so far (`compute` is left to the caller, who sees the
     /// wall time).
     fn stats(&self) -> ExtendStats;
-    /// Rows (live candidates) the next step feeds.
-    fn live_rows(&self) -> usize;
+    /// Rows the next step feeds: live candidates, and any rows of ended ones
+    /// the backend keeps in its batch until dropping them is worth a copy.
+    fn fed_rows(&self) -> usize;
 }
 
 /// A loaded causal LM that the policy server drives from one thread.

@@ -525,11 +525,6 @@ impl CausalLmExtend {
         self.batches.iter_mut().flat_map(|b| b.groups.iter_mut()).flat_map(|g| g.children.iter_mut().map(|c| (g.biases.as_slice(), c)))
     }
 
-    /// Rows fed to each forward pass (live children and ended rows not yet compacted).
-    fn fed_rows(&self) -> usize {
-        self.batches.iter().map(|b| b.kv.rows()).sum()
-    }
-
     /// Draws one token for every live child; returns the tokens to feed each
     /// batch, one per row of its cache.
     fn draw(&mut self, vocab: usize) -> Result<Vec<Vec<u32>>> {
@@ -675,8 +670,8 @@ impl ExtendRun for CausalLmExtend {
         self.stats.clone()
     }
 
-    fn live_rows(&self) -> usize {
-        self.batches.iter().map(Batch::live_rows).sum()
+    fn fed_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.kv.rows()).sum()
     }
 }
 

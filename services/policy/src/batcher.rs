@@ -169,7 +169,7 @@ fn drive<B: PolicyBackend>(backend: &mut B, pending: &Mutex<Pending>, budget: Bu
     loop {
         // Admit what fits; the first job is admitted whatever its size.
         loop {
-            let rows: usize = active.iter().map(|a| a.run.live_rows()).sum();
+            let rows: usize = active.iter().map(|a| a.run.fed_rows()).sum();
             let kv_bytes: usize = active.iter().map(|a| a.job.kv_bytes).sum();
             let next = {
                 let mut p = lock(pending);
@@ -215,7 +215,7 @@ fn drive<B: PolicyBackend>(backend: &mut B, pending: &Mutex<Pending>, budget: Bu
         if active.is_empty() {
             continue;
         }
-        metrics::histogram!("ig_policy_batch_rows").record(active.iter().map(|a| a.run.live_rows()).sum::<usize>() as f64);
+        metrics::histogram!("ig_policy_batch_rows").record(active.iter().map(|a| a.run.fed_rows()).sum::<usize>() as f64);
         metrics::histogram!("ig_policy_batch_requests").record(active.len() as f64);
         let mut runs: Vec<&mut B::Run> = active.iter_mut().map(|a| &mut a.run).collect();
         let stepped = backend.step_extends(&mut runs);
@@ -270,7 +270,7 @@ mod tests {
         fn stats(&self) -> ExtendStats {
             ExtendStats::default()
         }
-        fn live_rows(&self) -> usize {
+        fn fed_rows(&self) -> usize {
             1
         }
     }
