@@ -152,12 +152,34 @@ pub struct PlanSummary {
 pub fn summarize(seqs: &[&[u32]], max_pass_tokens: usize, max_rows: usize) -> PlanSummary {
     let mut s = PlanSummary::default();
     for round in plan_rounds(plan_units(seqs, max_rows, max_pass_tokens), max_pass_tokens) {
-        let prefixes = round.iter().filter(|u| u.shared > 0).count();
-        s.passes += 1 + usize::from(prefixes > 0);
-        s.segments += prefixes + round.len();
-        s.tokens += round.iter().map(Unit::tokens).sum::<usize>();
+        let common = round_prefix(&round, seqs);
+        let prefixes = round.iter().filter(|u| u.shared > common).count();
+        s.passes += 1 + usize::from(prefixes > 0) + usize::from(common > 0);
+        s.segments += prefixes + round.len() + usize::from(common > 0);
+        s.tokens += round.iter().map(|u| u.tokens() - common.min(u.shared)).sum::<usize>() + common;
     }
     s
+}
+
+/// The prefix every group of a round shares (the prompt, under the children of
+/// several beams), when there are two groups or more and it is worth a pass:
+/// computed once for the round, then each group's own part on a copy.
+fn round_prefix(round: &[Unit], seqs: &[&[u32]]) -> usize {
+    let mut groups = round.iter().filter(|u| u.shared > 0);
+    let Some(first) = groups.next() else { return 0 };
+    let head = &seqs[first.items[0]][..first.shared];
+    let mut common = head.len();
+    let mut others = 0;
+    for u in groups {
+        let theirs = &seqs[u.items[0]][..u.shared];
+        common = common.min(head.iter().zip(theirs).take_while(|(a, b)| a == b).count());
+        others += 1;
+    }
+    if others > 0 && common >= MIN_SHARED_TOKENS {
+        common
+    } else {
+        0
+    }
 }
 
 impl CausalLm {
@@ -202,18 +224,31 @@ impl CausalLm {
     /// wanted rows it computed and, for each, (sequence, wanted index, row).
     #[allow(clippy::type_complexity)]
     fn run_round(&self, round: &[Unit], seqs: &[&[u32]], wanted: &[Vec<usize>]) -> Result<(Tensor, Vec<(usize, usize, u32)>)> {
-        // The prefixes, one row each.
-        let mut prefix_caches: Vec<KvCache> = round.iter().filter(|u| u.shared > 0).map(|_| self.new_cache()).collect();
-        let prefix_hidden = if prefix_caches.is_empty() {
-            None
+        // The round's common prefix, once.
+        let common = round_prefix(round, seqs);
+        let mut common_cache = self.new_cache();
+        let common_hidden = if common > 0 {
+            let first = round.iter().find(|u| u.shared > 0).expect("a group under a common prefix");
+            let segment = Segment { tokens: &seqs[first.items[0]][..common], rows: 1, cache: &mut common_cache };
+            Some(self.hidden_segments(&mut [segment], Positions::All)?)
         } else {
+            None
+        };
+        // Each group's prefix past it, one row each, on a copy of its cache (copied on write;
+        // an empty cache is not shared, as writing to it would need it alone).
+        let start = || if common > 0 { common_cache.clone() } else { self.new_cache() };
+        let mut prefix_caches: Vec<KvCache> = round.iter().filter(|u| u.shared > 0).map(|_| start()).collect();
+        let prefix_hidden = if round.iter().any(|u| u.shared > common) {
             let mut segments: Vec<Segment<'_>> = round
                 .iter()
                 .filter(|u| u.shared > 0)
                 .zip(prefix_caches.iter_mut())
-                .map(|(u, cache)| Segment { tokens: &seqs[u.items[0]][..u.shared], rows: 1, cache })
+                .filter(|(u, _)| u.shared > common)
+                .map(|(u, cache)| Segment { tokens: &seqs[u.items[0]][common..u.shared], rows: 1, cache })
                 .collect();
             Some(self.hidden_segments(&mut segments, Positions::All)?)
+        } else {
+            None
         };
         // The rest: each unit one segment, its rows padded to its width.
         let padded: Vec<Vec<u32>> = round
@@ -247,38 +282,40 @@ impl CausalLm {
             .collect();
         let rest_hidden = self.hidden_segments(&mut segments, Positions::All)?;
         drop(segments);
-        // Rows to keep: from the prefix pass (positions before `shared`) or the rest's.
-        let (mut from_prefix, mut from_rest, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        // Rows to keep: from the common prefix's pass, a group prefix's, or the rest's.
+        let mut picks: [Vec<u32>; 3] = Default::default();
+        let mut rows = Vec::new();
         let (mut prefix_at, mut rest_at) = (0usize, 0usize);
         for u in round {
             for (r, &i) in u.items.iter().enumerate() {
                 for (k, &p) in wanted[i].iter().enumerate() {
-                    if p < u.shared {
-                        rows.push((i, k, true, from_prefix.len()));
-                        from_prefix.push((prefix_at + p) as u32);
+                    let (pass, row) = if p < common.min(u.shared) {
+                        (0, p)
+                    } else if p < u.shared {
+                        (1, prefix_at + p - common)
                     } else {
-                        rows.push((i, k, false, from_rest.len()));
-                        from_rest.push((rest_at + r * u.width + p - u.shared) as u32);
-                    }
+                        (2, rest_at + r * u.width + p - u.shared)
+                    };
+                    rows.push((i, k, pass, picks[pass].len()));
+                    picks[pass].push(row as u32);
                 }
             }
-            prefix_at += u.shared;
+            prefix_at += u.shared.saturating_sub(common);
             rest_at += u.items.len() * u.width;
         }
-        let pick = |hidden: &Tensor, idx: Vec<u32>| -> Result<Tensor> {
-            let n = idx.len();
-            Ok(hidden.index_select(&Tensor::from_vec(idx, n, hidden.device())?, 0)?)
-        };
-        let n_prefix = from_prefix.len() as u32;
         let mut parts = Vec::new();
-        if let Some(hidden) = &prefix_hidden {
-            if n_prefix > 0 {
-                parts.push(pick(hidden, from_prefix)?);
-            }
+        let mut starts = [0u32; 3];
+        let mut taken = 0u32;
+        for (pass, hidden) in [common_hidden.as_ref(), prefix_hidden.as_ref(), Some(&rest_hidden)].into_iter().enumerate() {
+            let idx = std::mem::take(&mut picks[pass]);
+            starts[pass] = taken;
+            let (Some(hidden), false) = (hidden, idx.is_empty()) else { continue };
+            taken += idx.len() as u32;
+            let n = idx.len();
+            parts.push(hidden.index_select(&Tensor::from_vec(idx, n, hidden.device())?, 0)?);
         }
-        parts.push(pick(&rest_hidden, from_rest)?);
         let selected = if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 0)? };
-        let rows = rows.into_iter().map(|(i, k, prefix, j)| (i, k, if prefix { j as u32 } else { n_prefix + j as u32 })).collect();
+        let rows = rows.into_iter().map(|(i, k, pass, j)| (i, k, starts[pass] + j as u32)).collect();
         Ok((selected, rows))
     }
 }
@@ -379,6 +416,36 @@ mod tests {
         let worst = small.iter().flatten().zip(got.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-5, "{worst}");
         assert!(model.hidden_at(&seqs, &[vec![24], vec![], vec![], vec![], vec![]], 4096, &mut || Ok(())).is_err(), "position past the end");
+        Ok(())
+    }
+
+    /// Two beams under one prompt, three children each: the prompt runs once for
+    /// the round, each beam's own part once on a copy, the children on copies of that.
+    #[test]
+    fn a_prompt_under_several_beams_runs_once_and_states_stay_exact() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| ModelError::Io(e.to_string()))?;
+        let ckpt = write_tiny_checkpoint(&TinySpec::new(Architecture::Llama), dir.path())?;
+        let model = CausalLm::from_safetensors_dir(&ckpt.hf_dir, WeightDtype::F32, &Device::Cpu)?;
+        let child = |beam: u32, c: u32| -> Vec<u32> {
+            (0..44).map(|p| if p < 20 { p + 1 } else if p < 40 { 30 + 20 * beam + p } else { 150 + 10 * (3 * beam + c) + p - 40 }).collect()
+        };
+        let mut seqs: Vec<Vec<u32>> = (0..2).flat_map(|b| (0..3).map(move |c| child(b, c))).collect();
+        seqs.push((0..9).map(|p| 240 + p).collect());
+        let seqs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let s = summarize(&seqs, 4096, 1);
+        assert_eq!((s.passes, s.segments), (3, 6), "prompt; two beams' parts; three segments");
+        assert_eq!(s.tokens, 20 + 2 * (20 + 3 * 4) + 9);
+        let every: Vec<Vec<usize>> = seqs.iter().map(|s| (0..s.len()).collect()).collect();
+        let got = model.hidden_at(&seqs, &every, 4096, &mut || Ok(())).map_err(|e| ModelError::Shape(e.to_string()))?.to_vec2::<f32>()?;
+        let mut row = 0;
+        for (i, s) in seqs.iter().enumerate() {
+            let alone = model.hidden_segments(&mut [Segment { tokens: s, rows: 1, cache: &mut model.new_cache() }], Positions::All)?.to_vec2::<f32>()?;
+            for want in &alone {
+                let d = got[row].iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(d < 1e-5, "sequence {i}: a position differs by {d}");
+                row += 1;
+            }
+        }
         Ok(())
     }
 }
