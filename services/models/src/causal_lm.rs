@@ -661,6 +661,12 @@ impl CausalLm {
         for (s, &(_, t, _)) in segments.iter_mut().zip(&shapes) {
             s.cache.reserve(t)?;
         }
+        // Each prefill segment's causal mask, built once for every layer (on a GPU each
+        // build is an upload from the host).
+        let masks: Vec<Option<Tensor>> = shapes
+            .iter()
+            .map(|&(_, t, start)| (t > 1).then(|| causal_mask(t, start, self.cfg.sliding_window, self.act_dtype, &self.device)).transpose())
+            .collect::<Result<_>>()?;
         let n = all_tokens.len();
         let ids = Tensor::from_vec(all_tokens, n, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // (n, hidden)
@@ -676,15 +682,14 @@ impl CausalLm {
             let v = block.wv.forward(&h)?;
             let mut outs = Vec::with_capacity(segments.len());
             let mut off = 0;
-            for (s, &(rows, t, start)) in segments.iter_mut().zip(&shapes) {
+            for ((s, &(rows, t, start)), mask) in segments.iter_mut().zip(&shapes).zip(&masks) {
                 let len = rows * t;
                 let y = self.attention(
                     &q.narrow(0, off, len)?,
                     &k.narrow(0, off, len)?,
                     &v.narrow(0, off, len)?,
-                    rows,
-                    t,
-                    start,
+                    (rows, t, start),
+                    mask.as_ref(),
                     s.cache,
                     l,
                 )?;
@@ -727,16 +732,17 @@ impl CausalLm {
         Ok(y.reshape((n, width))?)
     }
 
-    /// Attention of one segment: `q`, `k`, `v` are `(rows * t, heads * head_dim)`.
+    /// Attention of one segment of `rows` rows of `t` new positions after
+    /// `start` cached ones: `q`, `k`, `v` are `(rows * t, heads * head_dim)`;
+    /// `mask` is the segment's causal mask when `t > 1`.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        rows: usize,
-        t: usize,
-        start: usize,
+        (rows, t, start): (usize, usize, usize),
+        mask: Option<&Tensor>,
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
@@ -783,8 +789,8 @@ impl CausalLm {
             let k = candle_transformers::utils::repeat_kv(k, group)?.contiguous()?;
             let v = candle_transformers::utils::repeat_kv(v, group)?.contiguous()?;
             let att = (q.matmul(&k.t()?)? * scale)?; // (rows, nh, t, L)
-            let mask = causal_mask(t, start, window, self.act_dtype, &self.device)?; // (t, L)
-            let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(&mask)?)?;
+            let mask = mask.ok_or_else(|| ModelError::Shape("a prefill segment without its mask".into()))?; // (t, L)
+            let att = candle_nn::ops::softmax_last_dim(&att.broadcast_add(mask)?)?;
             att.matmul(&v)?
         };
         let y = y.transpose(1, 2)?.reshape((rows * t, nh * hd))?;
