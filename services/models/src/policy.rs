@@ -5,7 +5,7 @@
 //! An extension ([`CausalLmExtend`]) starts by computing every prefix's state:
 //! prefixes that miss the cache are prefilled in one pass, and each prefix's
 //! cache is forked into its children, adjacent prefixes of one length into one
-//! shared cache ([`Batch`]). Each step then feeds the sampled token
+//! shared cache (a batch). Each step then feeds the sampled token
 //! of every live child of every run in flight, across concurrent requests,
 //! in one forward pass (continuous batching). Every sampled token is fed, so
 //! a candidate's latent is the hidden state at its own last token and its
