@@ -51,7 +51,7 @@ impl BertTrunk {
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let h = config.hidden_size;
         let heads = config.num_attention_heads;
-        if heads == 0 || h % heads != 0 {
+        if heads == 0 || !h.is_multiple_of(heads) {
             return Err(crate::ModelError::Format(format!(
                 "hidden_size {h} is not a multiple of num_attention_heads {heads}"
             )));

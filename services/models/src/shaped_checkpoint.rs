@@ -298,7 +298,7 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 /// Writes everything of a checkpoint but its weights into `dir` (created): `config.json`,
 /// `tokenizer.json`, `tokenizer_config.json`.
 pub fn write_shaped_config(shape: &ModelShape, head: ShapedHead, dtype: ShapedDtype, dir: &Path) -> Result<()> {
-    if shape.num_heads == 0 || shape.hidden_size % shape.num_heads != 0 || shape.num_kv_heads == 0 || shape.num_heads % shape.num_kv_heads != 0 {
+    if shape.num_heads == 0 || !shape.hidden_size.is_multiple_of(shape.num_heads) || shape.num_kv_heads == 0 || !shape.num_heads.is_multiple_of(shape.num_kv_heads) {
         return Err(ModelError::Shape(format!(
             "{}: hidden {} with {} heads and {} key/value heads",
             shape.name, shape.hidden_size, shape.num_heads, shape.num_kv_heads
