@@ -376,6 +376,24 @@ async fn reflection_lists_the_policy_service() {
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
     // Only what this server serves: not the other roles' services.
     assert!(!names.iter().any(|n| n.ends_with("GuardService") || n.ends_with("ScorerService") || n.ends_with("CriticService")), "{names:?}");
+    // And it describes only its own API: another role's symbols are not found.
+    let describe = |symbol: &str| tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_string())),
+    };
+    let mut found = Vec::new();
+    for symbol in ["inferenceguard.v1.PolicyService", "inferenceguard.v1.ScorerService", "inferenceguard.v1.ScoreRequest"] {
+        let mut answers = client.server_reflection_info(futures::stream::iter(vec![describe(symbol)])).await.unwrap().into_inner();
+        found.push(match answers.next().await {
+            Some(Ok(a)) => matches!(a.message_response, Some(MessageResponse::FileDescriptorResponse(_))),
+            Some(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::NotFound, "{symbol}: {status:?}");
+                false
+            }
+            None => false,
+        });
+    }
+    assert_eq!(found, [true, false, false], "the policy's own service, then the scorer's service and message");
     s.stop().await;
 }
 

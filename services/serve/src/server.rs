@@ -140,10 +140,11 @@ pub async fn serve(
     });
     // Both reflection versions: grpcurl and most tools speak v1, Python's grpcio-reflection
     // only v1alpha.
-    // Each server lists only what it serves (the descriptor sets hold every role's services).
+    // Each server lists and describes only what it serves: its own files and their imports.
+    let own_descriptors = ig_proto::file_descriptor_set_for(&opts.service_names)?;
     let reflection = || {
         let builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ig_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(&own_descriptors)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health");
         opts.service_names.iter().fold(builder, |b, name| b.with_service_name(*name))
