@@ -51,6 +51,22 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     num / den.max(1e-12)
 }
 
+/// The demo policy in f32 on the CPU, sampling where `auto` puts it (the host).
+fn f32_options(prefix_cache_bytes: usize) -> PolicyOptions {
+    PolicyOptions {
+        model: smollm2().to_path_buf(),
+        dtype: WeightDtype::F32,
+        device: Device::Cpu,
+        prefix_cache_bytes,
+        max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+        sampling_on: Default::default(),
+    }
+}
+
+fn f32_policy(prefix_cache_bytes: usize) -> CausalLmPolicy {
+    CausalLmPolicy::load(&f32_options(prefix_cache_bytes)).unwrap()
+}
+
 fn gguf_codec() -> TokenizerCodec {
     let mut file = std::fs::File::open(smollm2()).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
@@ -128,15 +144,7 @@ fn gguf_logits_match_candle_quantized_llama() {
 
 #[test]
 fn batched_chunked_latents_equal_a_fresh_prefill() {
-    let opts = PolicyOptions {
-        model: smollm2().to_path_buf(),
-        dtype: WeightDtype::F32,
-        device: Device::Cpu,
-        prefix_cache_bytes: 256 << 20,
-        max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
-        sampling_on: Default::default(),
-    };
-    let mut policy = CausalLmPolicy::load(&opts).unwrap();
+    let mut policy = f32_policy(256 << 20);
     let codec = policy.tokenizer().clone();
     let a = codec.tokenize("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
     let b = codec.tokenize("<|im_start|>user\nWrite one word about the sea, then stop.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
@@ -194,15 +202,7 @@ fn batched_chunked_latents_equal_a_fresh_prefill() {
 
 #[test]
 fn same_seed_same_candidates_whatever_the_batch() {
-    let opts = PolicyOptions {
-        model: smollm2().to_path_buf(),
-        dtype: WeightDtype::F32,
-        device: Device::Cpu,
-        prefix_cache_bytes: 0,
-        max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
-        sampling_on: Default::default(),
-    };
-    let mut policy = CausalLmPolicy::load(&opts).unwrap();
+    let mut policy = f32_policy(0);
     let codec = policy.tokenizer().clone();
     let p0 = codec.tokenize("<|im_start|>user\nTell me a joke.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
     let p1 = codec.tokenize("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
@@ -282,8 +282,7 @@ fn safetensors_tied_bf16_matches_transformers() {
 #[test]
 fn runs_batched_together_draw_what_each_draws_alone() {
     use ig_core::policy::{ExtendRun, PolicyBackend};
-    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 0, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS, sampling_on: Default::default() };
-    let mut policy = CausalLmPolicy::load(&opts).unwrap();
+    let mut policy = f32_policy(0);
     let codec = policy.tokenizer().clone();
     let request = |text: &str, children: usize, chunk: usize, seed: u64| ExtendRequest {
         prefixes: vec![PrefixSpec {
@@ -351,8 +350,7 @@ fn runs_batched_together_draw_what_each_draws_alone() {
 fn decoding_from_unedited_latents_redraws_the_extension() {
     use ig_core::policy::{FinishReason, LatentDecodeRequest, LatentItem, TopKRequest};
     use std::collections::HashSet;
-    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS, sampling_on: Default::default() };
-    let mut policy = CausalLmPolicy::load(&opts).unwrap();
+    let mut policy = f32_policy(256 << 20);
     let codec = policy.tokenizer().clone();
     let prompt = codec.tokenize("<|im_start|>user\nTell me a long story about a brave dragon.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
     let never = WorkControl::new(None, &|| false);
@@ -426,8 +424,7 @@ fn decoding_from_unedited_latents_redraws_the_extension() {
 #[test]
 fn latent_items_together_draw_what_each_draws_alone() {
     use ig_core::policy::{LatentDecodeRequest, LatentItem, TopKRequest};
-    let opts = PolicyOptions { model: smollm2().to_path_buf(), dtype: WeightDtype::F32, device: Device::Cpu, prefix_cache_bytes: 256 << 20, max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS, sampling_on: Default::default() };
-    let mut policy = CausalLmPolicy::load(&opts).unwrap();
+    let mut policy = f32_policy(256 << 20);
     let codec = policy.tokenizer().clone();
     let never = WorkControl::new(None, &|| false);
     let prompts: Vec<Vec<u32>> = ["Name a colour.", "Write a haiku about rivers."]
@@ -472,17 +469,7 @@ fn latent_items_together_draw_what_each_draws_alone() {
 #[test]
 fn prefill_over_the_per_pass_cap_takes_several_passes_to_the_same_state() {
     use ig_core::policy::TopKRequest;
-    let load = |max_prefill_tokens| {
-        CausalLmPolicy::load(&PolicyOptions {
-            model: smollm2().to_path_buf(),
-            dtype: WeightDtype::F32,
-            device: Device::Cpu,
-            prefix_cache_bytes: 0,
-            max_prefill_tokens,
-            sampling_on: Default::default(),
-        })
-        .unwrap()
-    };
+    let load = |max_prefill_tokens| CausalLmPolicy::load(&PolicyOptions { max_prefill_tokens, ..f32_options(0) }).unwrap();
     let (mut whole, mut pieces) = (load(DEFAULT_MAX_PREFILL_TOKENS), load(7));
     let codec = whole.tokenizer().clone();
     let never = WorkControl::new(None, &|| false);
@@ -521,17 +508,7 @@ fn prefill_over_the_per_pass_cap_takes_several_passes_to_the_same_state() {
 #[test]
 fn device_sampling_extends_like_host_sampling() {
     use ig_models::policy::SamplingOn;
-    let load = |sampling_on| {
-        CausalLmPolicy::load(&PolicyOptions {
-            model: smollm2().to_path_buf(),
-            dtype: WeightDtype::F32,
-            device: Device::Cpu,
-            prefix_cache_bytes: 64 << 20,
-            max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
-            sampling_on,
-        })
-        .unwrap()
-    };
+    let load = |sampling_on| CausalLmPolicy::load(&PolicyOptions { sampling_on, ..f32_options(64 << 20) }).unwrap();
     let (mut host, mut device) = (load(SamplingOn::Host), load(SamplingOn::Device));
     let codec = host.tokenizer().clone();
     let a = codec.tokenize("<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
@@ -609,15 +586,7 @@ fn device_sampling_extends_like_host_sampling() {
 /// children end early and their rows wait in the batch to be compacted.
 #[test]
 fn beams_of_one_length_decode_as_one_batch_and_draw_what_each_draws_alone() {
-    let opts = PolicyOptions {
-        model: smollm2().to_path_buf(),
-        dtype: WeightDtype::F32,
-        device: Device::Cpu,
-        prefix_cache_bytes: 0,
-        max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
-        sampling_on: Default::default(),
-    };
-    let mut policy = CausalLmPolicy::load(&opts).unwrap();
+    let mut policy = f32_policy(0);
     let codec = policy.tokenizer().clone();
     let prompt = codec.tokenize("<|im_start|>user\nDescribe a storm at sea.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
     let beam = |words: &str, len: usize| {
